@@ -1,0 +1,61 @@
+"""Gathers rows from concurrent requests into one runner call.
+
+Every API->runner call is a full HTTP round trip, so one call per request would
+cost as much as the request itself. While calls are in flight, new rows wait
+here and leave together in the next call; a lone request is sent at once, so
+nothing waits on a timer. The runner's adaptive batching then merges calls
+from several API workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import typing as t
+
+import numpy as np
+
+RunnerCall = t.Callable[[np.ndarray], t.Awaitable[np.ndarray]]
+
+
+class Coalescer:
+    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 2):
+        self._call = call
+        self._max_rows = max_rows
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((rows, future))
+        self._send_waiting()
+        return await future
+
+    def _send_waiting(self) -> None:
+        while self._waiting and self._in_flight < self._max_in_flight:
+            group, count = [], 0
+            while self._waiting and (not group or count + len(self._waiting[0][0]) <= self._max_rows):
+                rows, future = self._waiting.pop(0)
+                if not future.cancelled():
+                    group.append((rows, future))
+                    count += len(rows)
+            if group:
+                self._in_flight += 1
+                asyncio.ensure_future(self._send(group))
+
+    async def _send(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        try:
+            result = await self._call(np.concatenate([rows for rows, _ in group]))
+        except Exception as exc:  # every caller in the group sees the runner's failure
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            start = 0
+            for rows, future in group:
+                if not future.done():
+                    future.set_result(result[start:start + len(rows)])
+                start += len(rows)
+        finally:
+            self._in_flight -= 1
+            self._send_waiting()

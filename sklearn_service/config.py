@@ -1,0 +1,41 @@
+"""configuration.yaml: BentoML's per-service runtime settings plus this project's own.
+
+BentoML's CLI validates a BENTOML_CONFIG file against its v1 schema at import, so a
+`services:` (v2) file cannot be passed that way. Instead each service's section is
+handed to its `@bentoml.service(...)` decorator, where BentoML validates it against
+its v2 schema. SERVICE_CONFIG points at another file (tests, deployments).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configuration.yaml"
+
+
+@lru_cache(maxsize=1)
+def load() -> dict:
+    path = Path(os.environ.get("SERVICE_CONFIG", DEFAULT_PATH))
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def service(name: str) -> dict:
+    """The decorator arguments for one service (without `batching`, which belongs to its APIs)."""
+    section = dict(load().get("services", {}).get(name, {}))
+    section.pop("batching", None)
+    return section
+
+
+def batching(name: str) -> dict:
+    """Adaptive-batching limits for a service's batchable APIs: max_batch_size, max_latency_ms."""
+    section = load().get("services", {}).get(name, {}).get("batching", {})
+    return {k: section[k] for k in ("max_batch_size", "max_latency_ms") if k in section}
+
+
+def app() -> dict:
+    return load().get("app", {})

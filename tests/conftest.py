@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# BentoML caches its home on first use: point it at a throwaway store before anything imports it.
+HOME = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
+os.environ["BENTOML_HOME"] = str(HOME)
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from sklearn.datasets import load_breast_cancer  # noqa: E402
+
+from sklearn_service.training import load_default_dataset, save_to_store, train  # noqa: E402
+from tests.serving import Server  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bentoml_home() -> Path:
+    return HOME
+
+
+@pytest.fixture(scope="session")
+def trained():
+    """The default model, freshly trained into the throwaway store."""
+    result = train(load_default_dataset())
+    model = save_to_store(result, "sklearn_model")
+    return {"tag": str(model.tag), "pipeline": result.pipeline, "metadata": result.metadata}
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    with Server(HOME) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    data = load_breast_cancer()
+    return {"X": data.data, "names": [str(n) for n in data.feature_names]}
+
+
+@pytest.fixture
+def post(server):
+    """POST JSON to the session's server."""
+    import requests
+
+    def _post(path: str, payload=None, **kwargs):
+        return requests.post(server.url + path, json=payload, timeout=30, **kwargs)
+
+    return _post

@@ -1,0 +1,36 @@
+"""configuration.yaml drives the served behaviour: a changed value changes what the server does."""
+
+from __future__ import annotations
+
+import requests
+import yaml
+
+from sklearn_service import config
+from tests.serving import Server
+
+
+def test_shipped_configuration_is_valid_for_bentoml():
+    from bentoml._internal.configuration.containers import BentoMLConfiguration
+
+    # the same merge and schema check BentoML applies to decorator configuration
+    services = {name: config.service(name) for name in ("SklearnService", "ModelRunner")}
+    merged = BentoMLConfiguration(override_defaults={"services": services}, use_version=2).to_dict()
+    assert merged["services"]["SklearnService"]["traffic"]["timeout"] == services["SklearnService"]["traffic"]["timeout"]
+
+
+def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trained, cancer):
+    settings = yaml.safe_load(config.DEFAULT_PATH.read_text())
+    settings["app"]["max_batch_rows"] = 3
+    settings["services"]["SklearnService"]["http"] = {
+        "cors": {"enabled": True, "access_control_allow_origins": ["https://app.example"]}}
+    settings["services"]["SklearnService"]["logging"]["access"]["enabled"] = True
+    path = tmp_path / "configuration.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    with Server(bentoml_home, env={"SERVICE_CONFIG": str(path)}) as server:
+        rows = cancer["X"][:4].tolist()
+        assert requests.post(server.url + "/predict_batch", json={"instances": rows[:3]}, timeout=10).ok
+        refused = requests.post(server.url + "/predict_batch", json={"instances": rows}, timeout=10)
+        assert refused.status_code == 413 and "at most 3 instances" in refused.json()["error"]
+        cors = requests.get(server.url + "/metadata", headers={"Origin": "https://app.example"}, timeout=10)
+        assert cors.headers.get("access-control-allow-origin") == "https://app.example"
+    assert "path=/predict_batch" in server.log() and "status=413" in server.log()  # access log switched on

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+import pandas as pd
+import pytest
+
+import train as train_cli
+from sklearn_service.training import DataError, infer_task, load_csv_dataset, load_default_dataset, train
+
+
+def test_default_training_is_seeded_and_reports_holdout_metrics():
+    first, second = train(load_default_dataset()), train(load_default_dataset())
+    meta = first.metadata
+    assert meta["task"] == "classification"
+    assert len(meta["feature_names"]) == 30 and meta["feature_names"][0] == "mean radius"
+    assert meta["class_names"] == ["malignant", "benign"]
+    assert meta["holdout_metrics"]["accuracy"] > 0.9 and meta["holdout_metrics"]["roc_auc"] > 0.95
+    assert meta["training"]["test_rows"] == 114 and meta["training"]["data_hash"].startswith("sha256:")
+    assert meta["training"]["data_hash"] == second.metadata["training"]["data_hash"]
+    stats = meta["feature_stats"]["mean radius"]
+    assert stats["min"] < stats["mean"] < stats["max"] and stats["std"] > 0
+    X = load_default_dataset().X.to_numpy()
+    np.testing.assert_array_equal(first.pipeline.predict_proba(X), second.pipeline.predict_proba(X))
+
+
+@pytest.mark.parametrize("kind", ["logistic_regression", "gradient_boosting"])
+def test_other_model_kinds_train(kind):
+    assert train(load_default_dataset(), kind=kind).metadata["holdout_metrics"]["accuracy"] > 0.9
+
+
+def write_csv(tmp_path, frame: pd.DataFrame, name="data.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_csv_regression_is_inferred(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(y=X @ [1.0, 2.0, -1.0] + 0.5)
+    result = train(load_csv_dataset(write_csv(tmp_path, frame), "y"))
+    assert result.metadata["task"] == "regression" and result.metadata["class_names"] is None
+    assert result.metadata["holdout_metrics"]["r2"] > 0.8
+
+
+def test_csv_text_labels_become_class_indices(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, 2))
+    frame = pd.DataFrame(X, columns=["a", "b"]).assign(kind=np.where(X[:, 0] > 0, "yes", "no"))
+    result = train(load_csv_dataset(write_csv(tmp_path, frame), "kind"))
+    assert result.metadata["class_names"] == ["no", "yes"]
+    assert set(result.pipeline.predict(X)) <= {0, 1}
+
+
+def test_infer_task():
+    assert infer_task(pd.Series([0, 1, 1, 0])) == "classification"
+    assert infer_task(pd.Series(["a", "b"])) == "classification"
+    assert infer_task(pd.Series(np.linspace(0, 1, 50))) == "regression"
+
+
+BAD_CSVS = {
+    "missing file": (None, "not found"),
+    "empty file": ("", "empty"),
+    "missing target": ("a,b\n" + "1,2\n" * 20, "target column 'y' not in"),
+    "non-numeric feature": ("a,y\n" + "x,1\n" * 20, "must be numeric"),
+    "too few rows": ("a,y\n1,0\n2,1\n", "at least 10"),
+    "NaN in target": ("a,y\n" + "1,0\n2,1\n" * 10 + "3,\n", "missing value"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CSVS)
+def test_bad_csv_exits_nonzero_with_one_line_and_writes_nothing(case, tmp_path, capsys):
+    content, expected = BAD_CSVS[case]
+    path = tmp_path / "data.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=expected):
+        load_csv_dataset(path, "y")
+    before = {str(m.tag) for m in bentoml.models.list()}
+    assert train_cli.main(["--data", str(path), "--target", "y", "--name", "bad_csv_model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
+    assert {str(m.tag) for m in bentoml.models.list()} == before
+
+
+def test_cli_saves_with_metadata_and_if_missing_skips(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"]).assign(y=lambda f: (f.a > 0).astype(int))
+    path = write_csv(tmp_path, frame)
+    assert train_cli.main(["--data", str(path), "--target", "y", "--name", "cli_model"]) == 0
+    saved = bentoml.models.get("cli_model:latest")
+    assert saved.info.metadata["feature_names"] == ["a", "b"]
+    assert saved.info.metadata["training"]["source"] == str(path)
+    assert set(saved.info.signatures) == {"predict", "predict_proba"}
+    assert saved.info.signatures["predict"].batchable
+    assert str(saved.tag) in capsys.readouterr().out
+    assert train_cli.main(["--if-missing", "--name", "cli_model"]) == 0
+    assert len(bentoml.models.list("cli_model")) == 1
