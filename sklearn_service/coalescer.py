@@ -18,7 +18,7 @@ RunnerCall = t.Callable[[np.ndarray], t.Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 2):
+    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 1):
         self._call = call
         self._max_rows = max_rows
         self._max_in_flight = max_in_flight

@@ -1,0 +1,15 @@
+"""BentoML's own ceiling: the same API shape and configuration as service.py, no model."""
+
+from __future__ import annotations
+
+import bentoml
+
+from sklearn_service import config
+from sklearn_service.schemas import Prediction, Row
+
+
+@bentoml.service(**config.service("SklearnService"))
+class NoModelService:
+    @bentoml.api
+    async def predict(self, features: Row) -> Prediction:
+        return Prediction(prediction=0.0)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from sklearn_service.coalescer import Coalescer
+
+
+class FakeRunner:
+    """Doubles its input; records every call so tests can see how rows were grouped."""
+
+    def __init__(self, fail_on: float | None = None):
+        self.calls: list[int] = []
+        self.fail_on = fail_on
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        self.calls.append(len(rows))
+        await asyncio.sleep(0.01)
+        if self.fail_on is not None and self.fail_on in rows:
+            raise RuntimeError("runner failed")
+        return rows[:, 0] * 2
+
+
+def rows(*values):
+    return np.array([[v] for v in values], dtype=float)
+
+
+def test_lone_request_is_sent_at_once_and_concurrent_ones_share_a_call():
+    async def scenario():
+        runner = FakeRunner()
+        coalesce = Coalescer(runner, max_rows=100)
+        first = await coalesce(rows(1))
+        results = await asyncio.gather(*(coalesce(rows(i, i + 0.5)) for i in range(10)))
+        return runner.calls, first, results
+
+    calls, first, results = asyncio.run(scenario())
+    assert first.tolist() == [2.0]
+    assert calls[0] == 1 and sum(calls[1:]) == 20 and len(calls) <= 3  # 10 requests, at most 2 calls
+    assert [r.tolist() for r in results] == [[2 * i, 2 * i + 1] for i in range(10)]
+
+
+def test_groups_respect_max_rows():
+    async def scenario():
+        runner = FakeRunner()
+        coalesce = Coalescer(runner, max_rows=4)
+        await asyncio.gather(*(coalesce(rows(i)) for i in range(10)))
+        return runner.calls
+
+    assert max(asyncio.run(scenario())) <= 4
+
+
+def test_a_failing_call_fails_only_its_own_group():
+    async def scenario():
+        runner = FakeRunner(fail_on=99)
+        coalesce = Coalescer(runner, max_rows=100)
+        first = asyncio.ensure_future(coalesce(rows(1)))  # goes alone
+        await asyncio.sleep(0)
+        doomed = [coalesce(rows(99)), coalesce(rows(5))]  # share the next call
+        outcome = await asyncio.gather(*doomed, return_exceptions=True)
+        return await first, outcome, await coalesce(rows(3))
+
+    first, outcome, later = asyncio.run(scenario())
+    assert first.tolist() == [2.0] and later.tolist() == [6.0]
+    assert all(isinstance(o, RuntimeError) for o in outcome)
+
+
+def test_cancelled_callers_are_skipped():
+    async def scenario():
+        runner = FakeRunner()
+        coalesce = Coalescer(runner, max_rows=100)
+        busy = asyncio.ensure_future(coalesce(rows(1)))
+        await asyncio.sleep(0)
+        gone = asyncio.ensure_future(coalesce(rows(7)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        kept = await coalesce(rows(2))
+        await busy
+        return runner.calls, kept
+
+    calls, kept = asyncio.run(scenario())
+    assert kept.tolist() == [4.0] and calls == [1, 1]
