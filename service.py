@@ -17,11 +17,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import config
+from sklearn_service import bentoml_fixes, config
 from sklearn_service.coalescer import Coalescer
 from sklearn_service.serving_model import ServingModel, probe_rows
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
 from sklearn_service.validation import FeatureSchema, RequestError
+
+bentoml_fixes.apply()
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
 RUNNER_BATCHING = config.batching("ModelRunner")
