@@ -3,8 +3,10 @@
 Every API->runner call is a full HTTP round trip, so one call per request would
 cost as much as the request itself. While calls are in flight, new rows wait
 here and leave together in the next call; a lone request is sent at once, so
-nothing waits on a timer. The runner's adaptive batching then merges calls
-from several API workers.
+nothing waits on a timer. A second call may overlap the one in flight only
+when a full group is waiting (large batches): small groups grow better by
+waiting. The runner's adaptive batching then merges calls from several API
+workers.
 """
 
 from __future__ import annotations
@@ -18,24 +20,32 @@ RunnerCall = t.Callable[[np.ndarray], t.Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 1):
+    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 2):
         self._call = call
         self._max_rows = max_rows
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._waiting_rows = 0
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((rows, future))
+        self._waiting_rows += len(rows)
         self._send_waiting()
         return await future
 
+    def _may_send(self) -> bool:
+        if not self._waiting or self._in_flight >= self._max_in_flight:
+            return False
+        return self._in_flight == 0 or self._waiting_rows >= self._max_rows
+
     def _send_waiting(self) -> None:
-        while self._waiting and self._in_flight < self._max_in_flight:
+        while self._may_send():
             group, count = [], 0
             while self._waiting and (not group or count + len(self._waiting[0][0]) <= self._max_rows):
                 rows, future = self._waiting.pop(0)
+                self._waiting_rows -= len(rows)
                 if not future.cancelled():
                     group.append((rows, future))
                     count += len(rows)

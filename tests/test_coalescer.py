@@ -81,3 +81,25 @@ def test_cancelled_callers_are_skipped():
 
     calls, kept = asyncio.run(scenario())
     assert kept.tolist() == [4.0] and calls == [1, 1]
+
+
+@pytest.mark.parametrize("max_rows, overlaps", [(2, True), (8, False)])
+def test_a_second_call_overlaps_only_when_a_full_group_waits(max_rows, overlaps):
+    active, peak = 0, 0
+
+    async def runner(batch):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        return batch[:, 0]
+
+    async def scenario():
+        coalesce = Coalescer(runner, max_rows=max_rows)
+        first = asyncio.ensure_future(coalesce(rows(1)))
+        await asyncio.sleep(0)
+        await asyncio.gather(coalesce(rows(2, 3)), first)
+
+    asyncio.run(scenario())
+    assert (peak == 2) is overlaps
