@@ -40,3 +40,6 @@ build: train
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+bench: install-dev system-deps  ## side-by-side benchmark; writes bench/results/latest.*
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

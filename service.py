@@ -19,7 +19,6 @@ from starlette.routing import Route
 
 from sklearn_service import bentoml_fixes, config
 from sklearn_service.coalescer import Coalescer
-from sklearn_service.serving_model import ServingModel, probe_rows
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
 from sklearn_service.validation import FeatureSchema, RequestError
 
@@ -34,6 +33,9 @@ class ModelRunner:
     model_ref = MODEL  # declared on the class so `bentoml build` packs the model
 
     def __init__(self) -> None:
+        # imported here so that only this process loads scikit-learn (~120 MB each)
+        from sklearn_service.serving_model import ServingModel, probe_rows
+
         pipeline = bentoml.sklearn.load_model(self.model_ref)
         self.model = ServingModel(pipeline, compiled=config.app().get("compiled_trees", True),
                                   probe=probe_rows(self.model_ref.info.metadata["feature_stats"]))
