@@ -8,7 +8,9 @@ from configuration.yaml; the model from the BentoML store (MODEL_TAG).
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import time
 
 import bentoml
 import numpy as np
@@ -19,10 +21,14 @@ from starlette.routing import Route
 
 from sklearn_service import bentoml_fixes, config
 from sklearn_service.coalescer import Coalescer
+from sklearn_service.errors import RequestError, error_response, runner_failure_response
+from sklearn_service.metrics import ServiceMetrics
+from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
-from sklearn_service.validation import FeatureSchema, RequestError
+from sklearn_service.validation import FeatureSchema
 
 bentoml_fixes.apply()
+logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
 RUNNER_BATCHING = config.batching("ModelRunner")
@@ -62,53 +68,69 @@ class SklearnService:
 
     def __init__(self) -> None:
         info = MODEL.stored.info
-        self.meta = info.metadata
-        self.schema = FeatureSchema(self.meta["feature_names"])
-        self.classes = self.meta.get("class_names")
+        meta = info.metadata
+        self.schema = FeatureSchema(meta["feature_names"])
+        self.classes = meta.get("class_names")
         self.max_rows = int(config.app().get("max_batch_rows", 1000))
         self.metadata = {"tag": str(info.tag), "created": info.creation_time.isoformat(),
-                         "task": self.meta["task"], "model_kind": self.meta["model_kind"],
+                         "task": meta["task"], "model_kind": meta["model_kind"],
                          "feature_names": self.schema.names, "class_names": self.classes,
-                         "holdout_metrics": self.meta["holdout_metrics"],
-                         "versions": self.meta["versions"], "training": self.meta["training"]}
+                         "holdout_metrics": meta["holdout_metrics"],
+                         "versions": meta["versions"], "training": meta["training"]}
+        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], meta)
+        monitoring = config.service("SklearnService").get("monitoring", {})
+        self.payload_log = PayloadLog(bool(monitoring.get("enabled")), self.schema.names)
         # runner endpoints resolve on first use: the proxy is not set up during __init__
-        self._predict = Coalescer(lambda rows: self.runner.to_async.predict(rows), self.max_rows)
-        self._predict_proba = Coalescer(lambda rows: self.runner.to_async.predict_proba(rows), self.max_rows)
+        self._predict = Coalescer(self._runner_call("predict"), self.max_rows)
+        self._predict_proba = Coalescer(self._runner_call("predict_proba"), self.max_rows)
         # Keep the ~170k start-up objects out of garbage collection: a full pass over
-        # them stalls the event loop ~85 ms, which was the whole latency tail.
+        # them would stall the event loop for ~85 ms.
         gc.freeze()
+
+    def _runner_call(self, method: str):
+        async def call(rows: np.ndarray) -> np.ndarray:
+            self.metrics.rows_per_call.observe(len(rows))
+            return await getattr(self.runner.to_async, method)(rows)
+        return call
 
     @bentoml.api
     async def predict(self, features: Row) -> Prediction:
         """One row, positional or by feature name: the seed's contract."""
-        try:
-            rows = self.schema.single(features)
-        except RequestError as exc:
-            return error_response(exc)
-        return Prediction(prediction=float((await self._predict(rows))[0]))
+        return await self._serve("/predict", 1, lambda: self.schema.single(features), self._predict,
+                                 lambda out: Prediction(prediction=float(out[0])))
 
     @bentoml.api
     async def predict_batch(self, instances: list[Row]) -> Predictions:
         """Many rows in one request (at most app.max_batch_rows); order is kept."""
-        try:
-            rows = self.schema.matrix(instances, self.max_rows)
-        except RequestError as exc:
-            return error_response(exc)
-        return Predictions(predictions=(await self._predict(rows)).tolist())
+        return await self._serve("/predict_batch", len(instances), lambda: self.schema.matrix(instances, self.max_rows),
+                                 self._predict, lambda out: Predictions(predictions=out.tolist()))
 
     @bentoml.api
     async def predict_proba(self, features: Row) -> Probabilities:
         """Class probabilities keyed by class name (classifiers only)."""
-        try:
+        def shape() -> np.ndarray:
             if self.classes is None:
                 raise RequestError("not_a_classifier", "this model is a regressor: it has no class probabilities")
-            rows = self.schema.single(features)
+            return self.schema.single(features)
+
+        return await self._serve("/predict_proba", 1, shape, self._predict_proba,
+                                 lambda out: Probabilities(prediction=float(np.argmax(out[0])),
+                                                           probabilities=dict(zip(self.classes, out[0].tolist()))))
+
+    async def _serve(self, endpoint: str, row_count: int, shape, call, respond):
+        """Validate, predict, record: the one path every prediction endpoint takes."""
+        start = time.perf_counter()
+        try:
+            rows = shape()
         except RequestError as exc:
+            self.metrics.reject(endpoint, exc.reason, row_count)
             return error_response(exc)
-        proba = (await self._predict_proba(rows))[0]
-        return Probabilities(prediction=float(np.argmax(proba)),
-                             probabilities=dict(zip(self.classes, proba.tolist())))
-
-
-def error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status)
+        try:
+            out = await call(rows)
+        except Exception as exc:  # the runner failed or is unreachable: never the client's fault
+            self.metrics.error(endpoint, len(rows))
+            return runner_failure_response(exc, logger)
+        predictions = out if out.ndim == 1 else np.argmax(out, axis=1)
+        self.metrics.success(endpoint, rows, predictions, time.perf_counter() - start)
+        self.payload_log.write(endpoint, rows, predictions)
+        return respond(out)

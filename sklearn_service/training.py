@@ -154,6 +154,9 @@ def train(data: Dataset, kind: str = "random_forest", task: str = "auto",
         "model_kind": kind,
         "feature_names": [str(c) for c in data.X.columns],
         "class_names": data.class_names if task == "classification" else None,
+        # regressors: deciles of the training target, the buckets of the predicted-value histogram
+        "target_quantiles": (np.unique(np.quantile(y_train, np.linspace(0, 1, 11))).tolist()
+                             if task == "regression" else None),
         "holdout_metrics": holdout_metrics(pipeline, X_test.to_numpy(), y_test.to_numpy(), task),
         "feature_stats": feature_statistics(X_train),
         "training": {"source": data.source, "rows": len(data.X), "train_rows": len(X_train),
@@ -163,7 +166,8 @@ def train(data: Dataset, kind: str = "random_forest", task: str = "auto",
         "versions": {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
                      "numpy": np.__version__, "pandas": pd.__version__},
     }
-    return TrainingResult(pipeline, metadata)
+    # the model store refuses None: a key that does not apply to the task is left out
+    return TrainingResult(pipeline, {k: v for k, v in metadata.items() if v is not None})
 
 
 def save_to_store(result: TrainingResult, name: str):

@@ -11,14 +11,7 @@ import typing as t
 
 import numpy as np
 
-
-class RequestError(Exception):
-    """A client mistake: `reason` is a short metric label, the message is for the client."""
-
-    def __init__(self, reason: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.reason = reason
-        self.status = status
+from sklearn_service.errors import RequestError
 
 
 class FeatureSchema:

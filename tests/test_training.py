@@ -40,7 +40,8 @@ def test_csv_regression_is_inferred(tmp_path):
     X = rng.normal(size=(200, 3))
     frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(y=X @ [1.0, 2.0, -1.0] + 0.5)
     result = train(load_csv_dataset(write_csv(tmp_path, frame), "y"))
-    assert result.metadata["task"] == "regression" and result.metadata["class_names"] is None
+    assert result.metadata["task"] == "regression" and "class_names" not in result.metadata
+    assert result.metadata["target_quantiles"] == sorted(result.metadata["target_quantiles"])
     assert result.metadata["holdout_metrics"]["r2"] > 0.8
 
 

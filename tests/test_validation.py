@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from sklearn_service.validation import FeatureSchema, RequestError
+from sklearn_service.errors import RequestError
+from sklearn_service.validation import FeatureSchema
 
 SCHEMA = FeatureSchema(["a", "b", "c"])
 

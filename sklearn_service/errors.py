@@ -1,0 +1,42 @@
+"""Error responses: client mistakes as 4xx naming the problem, runner trouble as a fast 503."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+from starlette.responses import JSONResponse
+
+RETRY_AFTER_SECONDS = "1"
+
+
+class RequestError(Exception):
+    """A client mistake: `reason` is a short metric label, the message is for the client."""
+
+    def __init__(self, reason: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status)
+
+
+def runner_unavailable(exc: Exception) -> bool:
+    """Overloaded, restarting or unreachable: worth retrying shortly."""
+    if isinstance(exc, (httpx.TransportError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    return getattr(exc, "error_code", None) in (429, 503, 504)
+
+
+def runner_failure_response(exc: Exception, logger: logging.Logger) -> JSONResponse:
+    if runner_unavailable(exc):
+        logger.warning("model runner unavailable: %r", exc)
+        return JSONResponse({"error": "the model is temporarily unavailable, retry shortly",
+                             "reason": "runner_unavailable"},
+                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+    logger.exception("model runner failed")
+    return JSONResponse({"error": "the model failed to answer; see the server log", "reason": "runner_error"},
+                        status_code=500)
