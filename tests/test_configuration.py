@@ -24,6 +24,8 @@ def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trai
     settings["services"]["SklearnService"]["http"] = {
         "cors": {"enabled": True, "access_control_allow_origins": ["https://app.example"]}}
     settings["services"]["SklearnService"]["logging"]["access"]["enabled"] = True
+    payload_logs = tmp_path / "payload"
+    settings["services"]["SklearnService"]["monitoring"]["options"]["log_path"] = str(payload_logs)
     path = tmp_path / "configuration.yaml"
     path.write_text(yaml.safe_dump(settings))
     with Server(bentoml_home, env={"SERVICE_CONFIG": str(path)}) as server:
@@ -34,3 +36,4 @@ def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trai
         cors = requests.get(server.url + "/metadata", headers={"Origin": "https://app.example"}, timeout=10)
         assert cors.headers.get("access-control-allow-origin") == "https://app.example"
     assert "path=/predict_batch" in server.log() and "status=413" in server.log()  # access log switched on
+    assert not payload_logs.exists()  # payload logging stays off unless configured on
