@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
+import shutil
+import tempfile
+
+import bentoml.serving
 
 from _bentoml_sdk.io_models import IOMixin
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
@@ -44,7 +49,20 @@ async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
         timer.cancel()
 
 
+def _own_prometheus_dir(*args, **kwargs) -> str:
+    """A metrics directory of this server's own, removed when it exits.
+
+    BentoML keeps multiprocess metric files in $BENTOML_HOME/prometheus_multiproc_dir
+    and empties it whenever a server starts, so a second server on the same home
+    wiped the first one's counters and then mixed its own into them.
+    """
+    path = tempfile.mkdtemp(prefix="bentoml-prometheus-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def apply() -> None:
+    bentoml.serving.ensure_prometheus_dir = _own_prometheus_dir
     TimeoutMiddleware.__call__ = _timeout_call
     # mime_type() of a root-model output (the runner's arrays) builds a pydantic
     # TypeAdapter and a whole JSON schema on every response; it depends only on

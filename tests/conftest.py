@@ -56,3 +56,19 @@ def post(server):
         return requests.post(server.url + path, json=payload, timeout=30, **kwargs)
 
     return _post
+
+
+@pytest.fixture(scope="session")
+def regressor_server(trained):
+    """A server for a regression model (scikit-learn's diabetes data), next to the default classifier."""
+    from sklearn.datasets import load_diabetes
+
+    from sklearn_service.training import Dataset
+
+    bunch = load_diabetes(as_frame=True)
+    result = train(Dataset(bunch.data, bunch.target, "sklearn.datasets.load_diabetes"), task="regression")
+    model = save_to_store(result, "diabetes_model")
+    with Server(HOME, env={"MODEL_TAG": str(model.tag)}) as srv:
+        srv.pipeline = result.pipeline
+        srv.features = bunch.data.to_numpy()
+        yield srv

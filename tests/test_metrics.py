@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import requests
 import yaml
 
 from sklearn_service import config
@@ -85,3 +86,15 @@ def test_two_workers_per_service_add_up_and_log_payloads(tmp_path, bentoml_home,
     assert len(list(logs.glob("predictions/data/*.log"))) == 2  # one file per API worker
     first = next(line for line in lines if line["endpoint"] == "/predict_batch")
     assert first["mean radius"] == X[0, 0] and first["prediction"] == expected[0]
+
+
+def test_a_second_server_on_the_same_store_leaves_our_metrics_alone(server, post, bentoml_home, cancer):
+    row = {"features": cancer["X"][0].tolist()}
+    assert post("/predict", row).ok
+    before = total(scrape(server.url), "ml_predictions_total", outcome="success")
+    with Server(bentoml_home) as other:
+        assert requests.post(other.url + "/predict", json=row, timeout=10).ok
+        assert total(scrape(other.url), "ml_predictions_total", outcome="success") == 1
+    assert total(scrape(server.url), "ml_predictions_total", outcome="success") == before
+    assert post("/predict", row).ok
+    assert total(scrape(server.url), "ml_predictions_total", outcome="success") == before + 1

@@ -1,0 +1,127 @@
+"""The shipped monitoring files: valid, unit-tested rules, queries that match real metrics, a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.prometheus_text import scrape, total
+from tests.serving import ROOT, Server, free_port
+
+MONITORING = ROOT / "monitoring"
+PROMTOOL, PROMETHEUS = shutil.which("promtool"), shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make system-deps)")
+needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (make system-deps)")
+SUFFIXES = re.compile(r"_(bucket|sum|count)$")
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PROMTOOL, *args], cwd=MONITORING, capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+def test_rules_and_config_are_valid_and_the_rule_unit_tests_pass():
+    for args in (("check", "rules", "alerts.yml"), ("check", "config", "prometheus.yml"),
+                 ("test", "rules", "alerts_test.yml")):
+        result = promtool(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml").stdout
+
+
+def queried_metrics() -> dict[str, set[str]]:
+    """Metric names each monitoring file queries (our ml_* and BentoML's bentoml_*)."""
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = {"dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
+             "alerts": [r["expr"] for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
+                        for r in g["rules"]]}
+    return {source: {SUFFIXES.sub("", name) for e in found for name in re.findall(r"\b((?:ml|bentoml)_\w+)", e)}
+            for source, found in exprs.items()}
+
+
+def exported(url: str) -> set[str]:
+    return {SUFFIXES.sub("", name) for name, _ in scrape(url)}
+
+
+def test_dashboard_and_alerts_only_query_metrics_the_service_exports(server, regressor_server, post, cancer):
+    assert post("/predict", {"features": cancer["X"][0].tolist()}).ok
+    assert post("/predict", {"features": [1e9] * 30}).ok  # out of range: the drift counter appears
+    assert post("/predict", {"features": [1.0]}).status_code == 400  # and the rejection counter
+    requests.post(regressor_server.url + "/predict", json={"features": regressor_server.features[0].tolist()}, timeout=10)
+    available = exported(server.url) | exported(regressor_server.url)
+    for source, names in queried_metrics().items():
+        assert names, source
+        assert names <= available, f"{source} queries metrics nobody exports: {sorted(names - available)}"
+
+
+def test_regressor_predicts_values_and_refuses_probabilities(regressor_server):
+    rows = regressor_server.features[:3]
+    before = total(scrape(regressor_server.url), "ml_predicted_value_count")
+    answer = requests.post(regressor_server.url + "/predict_batch", json={"instances": rows.tolist()}, timeout=10)
+    assert answer.json()["predictions"] == pytest.approx(regressor_server.pipeline.predict(rows).tolist())
+    refused = requests.post(regressor_server.url + "/predict_proba", json={"features": rows[0].tolist()}, timeout=10)
+    assert refused.status_code == 400 and refused.json()["reason"] == "not_a_classifier"
+    assert total(scrape(regressor_server.url), "ml_predicted_value_count") == before + 3
+
+
+def prometheus_query(url: str, query: str) -> list:
+    answer = requests.get(url + "/api/v1/query", params={"query": query}, timeout=5).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -> float | None:
+    deadline, value = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and value != expected:
+        try:
+            result = prometheus_query(url, query)
+            value = float(result[0]["value"][1]) if result else None
+        except requests.RequestException:  # still starting
+            pass
+        time.sleep(0.3)
+    return value
+
+
+@needs_prometheus
+def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, bentoml_home, trained, cancer):
+    sent = 150
+    with Server(bentoml_home) as service:
+        scrape_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+        scrape_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        scrape_config["rule_files"] = [str(MONITORING / "alerts.yml")]
+        job = next(j for j in scrape_config["scrape_configs"] if j["job_name"] == "sklearn-service")
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
+        scrape_config["scrape_configs"] = [job]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
+        port = free_port()
+        prometheus = subprocess.Popen(
+            [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+        url = f"http://127.0.0.1:{port}"
+        query = 'sum(ml_predictions_total{job="sklearn-service", endpoint="/predict", outcome="success"})'
+        try:
+            # one request first, so Prometheus holds a sample from before the rest arrive: rate() needs both
+            for batch in (range(1), range(1, sent)):
+                for i in batch:
+                    assert requests.post(service.url + "/predict", json={"features": cancer["X"][i].tolist()},
+                                         timeout=10).ok
+                assert wait_for_value(url, query, batch.stop) == batch.stop, \
+                    (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(2.5)  # a few more scrapes so rate() has samples to work with
+            p99 = prometheus_query(url, 'histogram_quantile(0.99, sum by (le) '
+                                        '(rate(ml_prediction_latency_seconds_bucket{endpoint="/predict"}[1m])))')
+            assert 0 < float(p99[0]["value"][1]) < 1.0
+            assert prometheus_query(url, 'up{job="sklearn-service"}')[0]["value"][1] == "1"
+            rules = requests.get(url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
+            assert {r["name"] for r in rules} >= {"SklearnServiceDown", "SklearnServiceFeatureDrift"}
+        finally:
+            prometheus.terminate()
+            prometheus.wait(20)
