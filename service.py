@@ -23,6 +23,7 @@ from sklearn_service import bentoml_fixes, config
 from sklearn_service.coalescer import Coalescer
 from sklearn_service.errors import RequestError, error_response, runner_failure_response
 from sklearn_service.metrics import ServiceMetrics
+from sklearn_service.middleware import ApiKeyAuth, RequestLimits
 from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
 from sklearn_service.validation import FeatureSchema
@@ -80,14 +81,16 @@ class SklearnService:
         self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], meta)
         monitoring = config.service("SklearnService").get("monitoring", {})
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), self.schema.names)
-        # runner endpoints resolve on first use: the proxy is not set up during __init__
-        self._predict = Coalescer(self._runner_call("predict"), self.max_rows)
-        self._predict_proba = Coalescer(self._runner_call("predict_proba"), self.max_rows)
+        limits = dict(max_rows=self.max_rows, max_waiting_rows=int(config.app().get("max_queued_rows", 16384)),
+                      stall_after=float(config.app().get("runner_stall_seconds", 1.0)))
+        self._predict = Coalescer(self._runner_call("predict"), **limits)
+        self._predict_proba = Coalescer(self._runner_call("predict_proba"), **limits)
         # Keep the ~170k start-up objects out of garbage collection: a full pass over
         # them would stall the event loop for ~85 ms.
         gc.freeze()
 
     def _runner_call(self, method: str):
+        # the runner's endpoints are looked up per call: its proxy is not set up during __init__
         async def call(rows: np.ndarray) -> np.ndarray:
             self.metrics.rows_per_call.observe(len(rows))
             return await getattr(self.runner.to_async, method)(rows)
@@ -134,3 +137,9 @@ class SklearnService:
         self.metrics.success(endpoint, rows, predictions, time.perf_counter() - start)
         self.payload_log.write(endpoint, rows, predictions)
         return respond(out)
+
+
+SklearnService.add_asgi_middleware(RequestLimits, max_bytes=int(config.app().get("max_body_bytes", 8 * 2**20)))
+if api_key := os.environ.get("API_KEY") or config.app().get("auth", {}).get("api_key"):
+    SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key,
+                                       protect_metrics=bool(config.app().get("auth", {}).get("protect_metrics")))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import logging
 import shutil
 import tempfile
 
 import bentoml.serving
+from circus.arbiter import Arbiter
+from tornado import gen
 
 from _bentoml_sdk.io_models import IOMixin
-from bentoml._internal.server.http.traffic import TimeoutMiddleware
+from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 from starlette.responses import JSONResponse
 
 
@@ -61,9 +64,58 @@ def _own_prometheus_dir(*args, **kwargs) -> str:
     return path
 
 
+_max_concurrency_call = MaxConcurrencyMiddleware.__call__
+
+
+async def _max_concurrency_call_with_retry_after(self, scope, receive, send) -> None:
+    """MaxConcurrencyMiddleware answers 429 without Retry-After; clients need it to back off."""
+
+    async def send_with_retry_after(message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (429, 503):
+            headers = list(message.get("headers", []))
+            if not any(name.lower() == b"retry-after" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
+        await send(message)
+
+    await _max_concurrency_call(self, scope, receive, send_with_retry_after)
+
+
+class ClientErrorsAsWarnings(logging.Filter):
+    """BentoML logs every request a client got wrong (bad JSON, wrong types) at ERROR with a
+    full traceback: a hostile client could flood the log. Those become one-line warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        client_error = isinstance(exc, ValidationError) or 400 <= int(getattr(exc, "error_code", 0) or 0) < 500
+        if client_error:
+            summary = str(exc).splitlines()[0]
+            record.msg, record.args = f"{record.getMessage()}: client error: {summary}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+ENTRY_WATCHER = "service"  # BentoML's name for the entry service's workers; dependencies are service_<Name>
+
+
+@gen.coroutine
+def _stop_entry_service_first(self, close_output_streams=False, watcher_iter_func=None):
+    """On SIGTERM circus stopped every service at once: the runner exited in milliseconds
+    while the API service was still answering requests that need it (they got 503).
+    The entry service now drains first; its dependencies stop after it has exited."""
+    watchers = (watcher_iter_func or self.iter_watchers)(reverse=False)
+    for stage in ([w for w in watchers if w.name == ENTRY_WATCHER], [w for w in watchers if w.name != ENTRY_WATCHER]):
+        yield gen.multi([w._stop(close_output_streams) for w in stage])
+
+
 def apply() -> None:
+    Arbiter._stop_watchers = _stop_entry_service_first
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAsWarnings())
     bentoml.serving.ensure_prometheus_dir = _own_prometheus_dir
     TimeoutMiddleware.__call__ = _timeout_call
+    MaxConcurrencyMiddleware.__call__ = _max_concurrency_call_with_retry_after
     # mime_type() of a root-model output (the runner's arrays) builds a pydantic
     # TypeAdapter and a whole JSON schema on every response; it depends only on
     # the class, so compute it once per class (~12% of the runner's CPU).

@@ -7,6 +7,11 @@ nothing waits on a timer. A second call may overlap the one in flight only
 when a full group is waiting (large batches): small groups grow better by
 waiting. The runner's adaptive batching then merges calls from several API
 workers.
+
+A call unanswered after `stall_after` seconds means the runner is gone (while
+it restarts, connections wait in its socket's backlog instead of failing):
+everyone waiting gets RunnerStalled at once, and new rows are refused until
+the runner answers again, so clients see a fast 503 rather than a hang.
 """
 
 from __future__ import annotations
@@ -16,19 +21,30 @@ import typing as t
 
 import numpy as np
 
+from sklearn_service.errors import Overloaded, RunnerStalled
+
 RunnerCall = t.Callable[[np.ndarray], t.Awaitable[np.ndarray]]
 
 
 class Coalescer:
-    def __init__(self, call: RunnerCall, max_rows: int, max_in_flight: int = 2):
+    def __init__(self, call: RunnerCall, max_rows: int, max_waiting_rows: int | None = None,
+                 stall_after: float | None = None, max_in_flight: int = 2):
         self._call = call
         self._max_rows = max_rows
+        self._max_waiting_rows = max_waiting_rows
+        self._stall_after = stall_after
+        self._stalled = False
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []
         self._waiting_rows = 0
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self._stalled:
+            raise RunnerStalled("the model runner has not answered for a while")
+        if self._max_waiting_rows is not None and self._waiting and \
+                self._waiting_rows + len(rows) > self._max_waiting_rows:
+            raise Overloaded(f"{self._waiting_rows} rows already wait for the model")
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((rows, future))
         self._waiting_rows += len(rows)
@@ -54,6 +70,9 @@ class Coalescer:
                 asyncio.ensure_future(self._send(group))
 
     async def _send(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        watchdog = None
+        if self._stall_after is not None:
+            watchdog = asyncio.get_running_loop().call_later(self._stall_after, self._stall, group)
         try:
             result = await self._call(np.concatenate([rows for rows, _ in group]))
         except Exception as exc:  # every caller in the group sees the runner's failure
@@ -61,11 +80,23 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(exc)
         else:
+            self._stalled = False
             start = 0
             for rows, future in group:
                 if not future.done():
                     future.set_result(result[start:start + len(rows)])
                 start += len(rows)
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self._in_flight -= 1
             self._send_waiting()
+
+    def _stall(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
+        self._stalled = True
+        stalled = RunnerStalled(f"the model runner did not answer within {self._stall_after} s")
+        for _, future in [*group, *self._waiting]:
+            if not future.done():
+                future.set_exception(stalled)
+        self._waiting.clear()
+        self._waiting_rows = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
+import aiohttp
 from starlette.responses import JSONResponse
 
 RETRY_AFTER_SECONDS = "1"
@@ -24,14 +24,26 @@ def error_response(exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status)
 
 
+class Overloaded(Exception):
+    """More rows are waiting for the runner than configured (app.max_queued_rows)."""
+
+
+class RunnerStalled(Exception):
+    """A runner call went unanswered for app.runner_stall_seconds: the runner is down or restarting."""
+
+
 def runner_unavailable(exc: Exception) -> bool:
     """Overloaded, restarting or unreachable: worth retrying shortly."""
-    if isinstance(exc, (httpx.TransportError, asyncio.TimeoutError, ConnectionError)):
+    if isinstance(exc, (Overloaded, RunnerStalled, aiohttp.ClientConnectionError, asyncio.TimeoutError,
+                        ConnectionError)):
         return True
     return getattr(exc, "error_code", None) in (429, 503, 504)
 
 
 def runner_failure_response(exc: Exception, logger: logging.Logger) -> JSONResponse:
+    if isinstance(exc, Overloaded):
+        return JSONResponse({"error": "the service is overloaded, retry shortly", "reason": "overloaded"},
+                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
     if runner_unavailable(exc):
         logger.warning("model runner unavailable: %r", exc)
         return JSONResponse({"error": "the model is temporarily unavailable, retry shortly",

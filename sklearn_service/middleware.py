@@ -1,0 +1,82 @@
+"""ASGI middleware of the API service: request limits and optional API key."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.responses import JSONResponse
+
+# Health probes and the docs page stay reachable without a key.
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/", "/docs.json"})
+OPEN_PREFIXES = ("/static_content/",)
+
+
+PICKLE = b"application/vnd.bentoml+pickle"
+
+
+class RequestLimits:
+    """Refuses, before anything parses them: bodies over `max_bytes` (413, declared or streamed)
+    and pickled payloads (415; BentoML refuses them too, but answers with a malformed body)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").split(b";")[0].strip().lower() == PICKLE:
+            response = JSONResponse({"error": "pickled payloads are not accepted; send JSON",
+                                     "reason": "unsupported_media_type"}, status_code=415)
+            return await response(scope, receive, send)
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._refuse(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        response = JSONResponse({"error": f"request body larger than {self.max_bytes} bytes",
+                                 "reason": "body_too_large"}, status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
+class ApiKeyAuth:
+    """`Authorization: Bearer <key>` on every path but health probes, docs and (optionally) /metrics."""
+
+    def __init__(self, app, api_key: str, protect_metrics: bool = False):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+        self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIXES):
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):  # constant time: no timing hints about the key
+            return await self.app(scope, receive, send)
+        response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                 "reason": "unauthorized"}, status_code=401,
+                                headers={"WWW-Authenticate": 'Bearer realm="sklearn-service"'})
+        await response(scope, receive, send)
