@@ -23,7 +23,7 @@ from sklearn_service import bentoml_fixes, config
 from sklearn_service.coalescer import Coalescer
 from sklearn_service.errors import RequestError, error_response, runner_failure_response
 from sklearn_service.metrics import ServiceMetrics
-from sklearn_service.middleware import ApiKeyAuth, RequestLimits
+from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
 from sklearn_service.validation import FeatureSchema
@@ -139,7 +139,7 @@ class SklearnService:
         return respond(out)
 
 
-SklearnService.add_asgi_middleware(RequestLimits, max_bytes=int(config.app().get("max_body_bytes", 8 * 2**20)))
+SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(config.app().get("max_body_bytes", 8 * 2**20)))
 if api_key := os.environ.get("API_KEY") or config.app().get("auth", {}).get("api_key"):
     SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key,
                                        protect_metrics=bool(config.app().get("auth", {}).get("protect_metrics")))

@@ -11,12 +11,14 @@ OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/", "/docs.json"})
 OPEN_PREFIXES = ("/static_content/",)
 
 
-PICKLE = b"application/vnd.bentoml+pickle"
+# Every endpoint takes JSON. These would reach BentoML's pickle (refused, with a malformed
+# error body) or multipart parser (a missing boundary made it answer 500).
+REFUSED_TYPES = (b"application/vnd.bentoml+pickle", b"multipart/", b"application/x-www-form-urlencoded")
 
 
-class RequestLimits:
-    """Refuses, before anything parses them: bodies over `max_bytes` (413, declared or streamed)
-    and pickled payloads (415; BentoML refuses them too, but answers with a malformed body)."""
+class RequestGuard:
+    """Refuses, before anything parses them: bodies over `max_bytes` (413, declared or
+    streamed) and pickled, multipart or form bodies (415)."""
 
     def __init__(self, app, max_bytes: int):
         self.app = app
@@ -26,8 +28,8 @@ class RequestLimits:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").split(b";")[0].strip().lower() == PICKLE:
-            response = JSONResponse({"error": "pickled payloads are not accepted; send JSON",
+        if headers.get(b"content-type", b"").strip().lower().startswith(REFUSED_TYPES):
+            response = JSONResponse({"error": "send a JSON body with Content-Type: application/json",
                                      "reason": "unsupported_media_type"}, status_code=415)
             return await response(scope, receive, send)
         declared = headers.get(b"content-length")
