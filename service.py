@@ -89,6 +89,13 @@ class SklearnService:
         # them would stall the event loop for ~85 ms.
         gc.freeze()
 
+    def __is_alive__(self) -> bool:
+        """/livez fails once the runner has been unreachable for app.runner_dead_seconds: inside
+        a container BentoML does not restart a dead runner, so the orchestrator has to."""
+        limit = float(config.app().get("runner_dead_seconds", 30))
+        stalls = [c.stalled_since for c in (self._predict, self._predict_proba) if c.stalled_since is not None]
+        return not stalls or time.monotonic() - min(stalls) < limit
+
     def _runner_call(self, method: str):
         # the runner's endpoints are looked up per call: its proxy is not set up during __init__
         async def call(rows: np.ndarray) -> np.ndarray:

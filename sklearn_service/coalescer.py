@@ -11,12 +11,13 @@ workers.
 A call unanswered after `stall_after` seconds means the runner is gone (while
 it restarts, connections wait in its socket's backlog instead of failing):
 everyone waiting gets RunnerStalled at once, and new rows are refused until
-the runner answers again, so clients see a fast 503 rather than a hang.
+that call ends, so clients see a fast 503 rather than a hang.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import typing as t
 
 import numpy as np
@@ -34,6 +35,7 @@ class Coalescer:
         self._max_waiting_rows = max_waiting_rows
         self._stall_after = stall_after
         self._stalled = False
+        self.stalled_since: float | None = None  # time.monotonic() of the stall, None while healthy
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []
@@ -80,7 +82,7 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            self._stalled = False
+            self.stalled_since = None
             start = 0
             for rows, future in group:
                 if not future.done():
@@ -89,11 +91,13 @@ class Coalescer:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            self._stalled = False  # the call ended either way: let the next request try the runner
             self._in_flight -= 1
             self._send_waiting()
 
     def _stall(self, group: list[tuple[np.ndarray, asyncio.Future]]) -> None:
         self._stalled = True
+        self.stalled_since = self.stalled_since or time.monotonic()
         stalled = RunnerStalled(f"the model runner did not answer within {self._stall_after} s")
         for _, future in [*group, *self._waiting]:
             if not future.done():

@@ -11,9 +11,19 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def write_config(folder: Path, change) -> Path:
+    """The shipped configuration.yaml with `change(settings)` applied, written into `folder`."""
+    settings = yaml.safe_load((ROOT / "configuration.yaml").read_text())
+    change(settings)
+    path = folder / "configuration.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sklearn_service.coalescer import Coalescer
+from sklearn_service.errors import RunnerStalled
 
 
 class FakeRunner:
@@ -103,3 +104,31 @@ def test_a_second_call_overlaps_only_when_a_full_group_waits(max_rows, overlaps)
 
     asyncio.run(scenario())
     assert (peak == 2) is overlaps
+
+
+def test_a_stalled_runner_fails_waiting_requests_at_once_and_recovers():
+    release = asyncio.Event()
+
+    async def runner(rows):
+        if not release.is_set():
+            await release.wait()
+            raise ConnectionResetError("the runner went away")  # the hung call fails, it does not answer
+        return rows[:, 0]
+
+    async def scenario():
+        coalesce = Coalescer(runner, max_rows=10, stall_after=0.05)
+        first = asyncio.ensure_future(coalesce(np.ones((1, 1))))
+        await asyncio.sleep(0)
+        waiting = asyncio.ensure_future(coalesce(np.ones((1, 1))))
+        outcomes = await asyncio.gather(first, waiting, return_exceptions=True)
+        stalled_since = coalesce.stalled_since
+        with pytest.raises(RunnerStalled):  # refused at once while stalled
+            await coalesce(np.ones((1, 1)))
+        release.set()  # the hung call ends (with an error): new requests may try again
+        await asyncio.sleep(0.01)
+        recovered = await coalesce(np.full((1, 1), 7.0))
+        return outcomes, stalled_since, recovered, coalesce.stalled_since
+
+    outcomes, stalled_since, recovered, after = asyncio.run(scenario())
+    assert all(isinstance(o, RunnerStalled) for o in outcomes)
+    assert stalled_since is not None and recovered.tolist() == [7.0] and after is None

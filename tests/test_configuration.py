@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import requests
-import yaml
 
 from sklearn_service import config
-from tests.serving import Server
+from tests.serving import Server, write_config
 
 
 def test_shipped_configuration_is_valid_for_bentoml():
@@ -19,15 +18,16 @@ def test_shipped_configuration_is_valid_for_bentoml():
 
 
 def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trained, cancer):
-    settings = yaml.safe_load(config.DEFAULT_PATH.read_text())
-    settings["app"]["max_batch_rows"] = 3
-    settings["services"]["SklearnService"]["http"] = {
-        "cors": {"enabled": True, "access_control_allow_origins": ["https://app.example"]}}
-    settings["services"]["SklearnService"]["logging"]["access"]["enabled"] = True
     payload_logs = tmp_path / "payload"
-    settings["services"]["SklearnService"]["monitoring"]["options"]["log_path"] = str(payload_logs)
-    path = tmp_path / "configuration.yaml"
-    path.write_text(yaml.safe_dump(settings))
+
+    def change(settings):
+        api = settings["services"]["SklearnService"]
+        settings["app"]["max_batch_rows"] = 3
+        api["http"] = {"cors": {"enabled": True, "access_control_allow_origins": ["https://app.example"]}}
+        api["logging"]["access"]["enabled"] = True
+        api["monitoring"]["options"]["log_path"] = str(payload_logs)
+
+    path = write_config(tmp_path, change)
     with Server(bentoml_home, env={"SERVICE_CONFIG": str(path)}) as server:
         rows = cancer["X"][:4].tolist()
         assert requests.post(server.url + "/predict_batch", json={"instances": rows[:3]}, timeout=10).ok

@@ -6,12 +6,10 @@ import json
 
 import numpy as np
 import requests
-import yaml
 
-from sklearn_service import config
 from tests.load import run_load
 from tests.prometheus_text import delta, scrape, total
-from tests.serving import Server
+from tests.serving import Server, write_config
 
 
 def test_rows_outcomes_reasons_classes_and_drift_are_counted(server, post, trained, cancer):
@@ -54,14 +52,15 @@ def test_latency_buckets_resolve_below_a_millisecond(server, post, cancer):
 
 
 def test_two_workers_per_service_add_up_and_log_payloads(tmp_path, bentoml_home, trained, cancer):
-    settings = yaml.safe_load(config.DEFAULT_PATH.read_text())
-    settings["services"]["SklearnService"]["workers"] = 2
-    settings["services"]["ModelRunner"]["workers"] = 2
     logs = tmp_path / "payload"
-    settings["services"]["SklearnService"]["monitoring"] = {
-        "enabled": True, "type": "default", "options": {"log_path": str(logs)}}
-    path = tmp_path / "configuration.yaml"
-    path.write_text(yaml.safe_dump(settings))
+
+    def change(settings):
+        settings["services"]["SklearnService"]["workers"] = 2
+        settings["services"]["ModelRunner"]["workers"] = 2
+        settings["services"]["SklearnService"]["monitoring"] = {
+            "enabled": True, "type": "default", "options": {"log_path": str(logs)}}
+
+    path = write_config(tmp_path, change)
 
     X = cancer["X"]
     expected = trained["pipeline"].predict(X).astype(float)
