@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmark use, when any is missing.
 set -euo pipefail
-packages=(wrk prometheus buildah podman debootstrap)
+packages=(wrk prometheus buildah podman debootstrap chromium)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -168,3 +168,9 @@ def test_short_soak_has_no_errors_and_no_memory_growth():
                             capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "non-2xx/errors 0" in result.stdout
+
+
+def test_example_client_sends_the_api_key(keyed_server):
+    result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--url", keyed_server.url,
+                             "--api-key", "s3cret-key"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "predict: {'prediction'" in result.stdout, result.stderr[-2000:]

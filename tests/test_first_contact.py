@@ -1,0 +1,38 @@
+"""What a new user meets first: the docs page in a real browser, and the example client."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.serving import ROOT
+
+CHROMIUM = shutil.which("chromium")
+# no connection leaves the machine: the page's assets are served by BentoML itself
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make system-deps)")
+def test_docs_page_renders_every_endpoint_in_headless_chromium(server, tmp_path):
+    def chromium(*args: str) -> str:
+        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args,
+                               server.url + "/"], capture_output=True, text=True, timeout=120).stdout
+
+    dom = chromium("--dump-dom")
+    for path in ("/predict", "/predict_batch", "/predict_proba", "/readyz", "/metrics"):
+        assert f'class="opblock-summary-path" data-path="{path}"' in dom, path
+    shot = tmp_path / "docs.png"
+    chromium("--window-size=1280,1200", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_example_client_talks_to_the_service(server, trained):
+    result = subprocess.run([sys.executable, str(ROOT / "client.py"), "--url", server.url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"metadata: {trained['tag']}" in result.stdout
+    assert "predict: {'prediction': 0.0}" in result.stdout and "'malignant'" in result.stdout
