@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +37,15 @@ def test_example_client_talks_to_the_service(server, trained):
     assert result.returncode == 0, result.stderr
     assert f"metadata: {trained['tag']}" in result.stdout
     assert "predict: {'prediction': 0.0}" in result.stdout and "'malignant'" in result.stdout
+
+
+def test_locustfile_runs_headless_without_failures(server, tmp_path):
+    locust = Path(sys.executable).with_name("locust")
+    result = subprocess.run([str(locust), "-f", str(ROOT / "bench" / "locustfile.py"), "--host", server.url,
+                             "--headless", "-u", "8", "-r", "8", "-t", "4s", "--csv", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = (tmp_path / "run_stats.csv").read_text().splitlines()
+    total = next(line.split(",") for line in stats if ",Aggregated," in line)
+    requests, failures = int(total[2]), int(total[3])
+    assert requests > 50 and failures == 0, total
