@@ -36,6 +36,8 @@ SERVERS = {
                                            "--workers", "1", "--log-level", "warning"],
     "BentoML, no model": lambda port: [str(BIN / "bentoml"), "serve", "bench.no_model_service:NoModelService",
                                        "--port", str(port)],
+    "BentoML, no model, fixed": lambda port: [str(BIN / "bentoml"), "serve",
+                                              "bench.no_model_fixed_service:NoModelService", "--port", str(port)],
     "this service": lambda port: [str(BIN / "bentoml"), "serve", "service:SklearnService", "--port", str(port)],
 }
 
@@ -121,16 +123,18 @@ def run_server(name: str, env: dict, single: Path, batch: Path, args) -> dict:
 
 
 def markdown(results: dict, meta: dict) -> str:
-    seed, ceiling = results["seed (FastAPI+joblib)"], results["BentoML, no model"]
+    seed, ceiling, fixed = (results[name] for name in ("seed (FastAPI+joblib)", "BentoML, no model",
+                                                       "BentoML, no model, fixed"))
     lines = [f"Measured {meta['date']} on {meta['machine']}; wrk, 1 thread, {meta['duration']} s per point, "
              "single-row `POST /predict` with the same RandomForest(100) model.", "",
-             "| server | conc. | rps | p50 ms | p99 ms | non-2xx | timeouts | × seed | × no-model |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "\"fixed\": the same no-model service with `sklearn_service/bentoml_fixes.py` applied.", "",
+             "| server | conc. | rps | p50 ms | p99 ms | non-2xx | timeouts | × seed | × no-model | × no-model, fixed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, result in results.items():
         for c, r in result["load"].items():
             lines.append(f"| {name} | {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.1f} | {r['non_2xx']} | "
                          f"{r['timeouts']} | {r['rps'] / seed['load'][c]['rps']:.2f} | "
-                         f"{r['rps'] / ceiling['load'][c]['rps']:.2f} |")
+                         f"{r['rps'] / ceiling['load'][c]['rps']:.2f} | {r['rps'] / fixed['load'][c]['rps']:.2f} |")
     lines += ["", "| server | cold start s | RSS of process tree MB |", "|---|---:|---:|"]
     lines += [f"| {name} | {r['cold_start_s']:.2f} | {r['rss_mb']:.0f} |" for name, r in results.items()]
     b = results["this service"]["batch"]
