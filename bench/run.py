@@ -154,8 +154,10 @@ def chart(results: dict, path: Path) -> None:
         cs = list(result["load"])
         left.plot(cs, [result["load"][c]["rps"] for c in cs], marker="o", label=name)
         right.plot(cs, [result["load"][c]["p99_ms"] for c in cs], marker="o", label=name)
+    concurrency = list(next(iter(results.values()))["load"])
     for axis, title in ((left, "requests/s"), (right, "p99 latency, ms")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(concurrency, [str(c) for c in concurrency])
         axis.set_xlabel("concurrent connections")
         axis.set_title(title)
         axis.grid(alpha=0.3)
