@@ -22,6 +22,8 @@ from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, Time
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
+from sklearn_service.errors import RETRY_AFTER_SECONDS
+
 
 async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
     """TimeoutMiddleware.__call__ with its timer cancelled once the request ends.
@@ -79,7 +81,7 @@ async def _max_concurrency_call_with_retry_after(self, scope, receive, send) -> 
         if message["type"] == "http.response.start" and message["status"] in (429, 503):
             headers = list(message.get("headers", []))
             if not any(name.lower() == b"retry-after" for name, _ in headers):
-                message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
+                message = {**message, "headers": [*headers, (b"retry-after", RETRY_AFTER_SECONDS.encode())]}
         await send(message)
 
     await _max_concurrency_call(self, scope, receive, send_with_retry_after)

@@ -10,7 +10,6 @@ HOME = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
 os.environ["BENTOML_HOME"] = str(HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
