@@ -38,9 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def existing_model(name: str):
     import bentoml
+    from bentoml.exceptions import NotFound
 
-    models = bentoml.models.list(name)
-    return max(models, key=lambda m: m.info.creation_time) if models else None
+    try:
+        return bentoml.models.get(f"{name}:latest")
+    except NotFound:  # also what an empty store answers
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

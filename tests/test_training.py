@@ -85,6 +85,12 @@ def test_bad_csv_exits_nonzero_with_one_line_and_writes_nothing(case, tmp_path, 
     assert {str(m.tag) for m in bentoml.models.list()} == before
 
 
+def test_if_missing_trains_when_the_store_has_no_such_model(capsys):
+    assert train_cli.main(["--if-missing", "--name", "never_trained_before"]) == 0
+    assert "saved model: never_trained_before:" in capsys.readouterr().out
+    assert len(bentoml.models.list("never_trained_before")) == 1
+
+
 def test_cli_saves_with_metadata_and_if_missing_skips(tmp_path, capsys):
     rng = np.random.default_rng(2)
     frame = pd.DataFrame(rng.normal(size=(60, 2)), columns=["a", "b"]).assign(y=lambda f: (f.a > 0).astype(int))
