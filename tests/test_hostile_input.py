@@ -81,12 +81,12 @@ def test_cors_is_off_by_default(server):
     assert "access-control-allow-origin" not in response.headers
 
 
-def test_openapi_fuzzing_finds_no_server_errors(server):
+def test_openapi_fuzzing_finds_no_server_errors(server, tmp_path):
     """schemathesis generates requests from the service's own OpenAPI document (its CLI: the
     pytest plugin does not support this pytest)."""
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run", server.url + "/docs.json",
          "--checks", "not_a_server_error", "--max-examples", "60", "--no-color", "--seed", "1"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache goes there
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-1000:]
