@@ -33,6 +33,7 @@ logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
 RUNNER_BATCHING = config.batching("ModelRunner")
+APP = config.app()
 
 
 @bentoml.service(**config.service("ModelRunner"))
@@ -44,7 +45,7 @@ class ModelRunner:
         from sklearn_service.serving_model import ServingModel, probe_rows
 
         pipeline = bentoml.sklearn.load_model(self.model_ref)
-        self.model = ServingModel(pipeline, compiled=config.app().get("compiled_trees", True),
+        self.model = ServingModel(pipeline, compiled=APP["compiled_trees"],
                                   probe=probe_rows(self.model_ref.info.metadata["feature_stats"]))
         gc.freeze()  # see SklearnService.__init__
 
@@ -72,7 +73,8 @@ class SklearnService:
         meta = info.metadata
         self.schema = FeatureSchema(meta["feature_names"])
         self.classes = meta.get("class_names")
-        self.max_rows = int(config.app().get("max_batch_rows", 1000))
+        self.max_rows = int(APP["max_batch_rows"])
+        self.runner_dead_seconds = float(APP["runner_dead_seconds"])
         self.metadata = {"tag": str(info.tag), "created": info.creation_time.isoformat(),
                          "task": meta["task"], "model_kind": meta["model_kind"],
                          "feature_names": self.schema.names, "class_names": self.classes,
@@ -81,8 +83,8 @@ class SklearnService:
         self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], meta)
         monitoring = config.service("SklearnService").get("monitoring", {})
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), self.schema.names)
-        limits = dict(max_rows=self.max_rows, max_waiting_rows=int(config.app().get("max_queued_rows", 16384)),
-                      stall_after=float(config.app().get("runner_stall_seconds", 1.0)))
+        limits = dict(max_rows=self.max_rows, max_waiting_rows=int(APP["max_queued_rows"]),
+                      stall_after=float(APP["runner_stall_seconds"]))
         self._predict = Coalescer(self._runner_call("predict"), **limits)
         self._predict_proba = Coalescer(self._runner_call("predict_proba"), **limits)
         # Keep the ~170k start-up objects out of garbage collection: a full pass over
@@ -92,9 +94,8 @@ class SklearnService:
     def __is_alive__(self) -> bool:
         """/livez fails once the runner has been unreachable for app.runner_dead_seconds: inside
         a container BentoML does not restart a dead runner, so the orchestrator has to."""
-        limit = float(config.app().get("runner_dead_seconds", 30))
         stalls = [c.stalled_since for c in (self._predict, self._predict_proba) if c.stalled_since is not None]
-        return not stalls or time.monotonic() - min(stalls) < limit
+        return not stalls or time.monotonic() - min(stalls) < self.runner_dead_seconds
 
     def _runner_call(self, method: str):
         # the runner's endpoints are looked up per call: its proxy is not set up during __init__
@@ -146,7 +147,6 @@ class SklearnService:
         return respond(out)
 
 
-SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(config.app().get("max_body_bytes", 8 * 2**20)))
-if api_key := os.environ.get("API_KEY") or config.app().get("auth", {}).get("api_key"):
-    SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key,
-                                       protect_metrics=bool(config.app().get("auth", {}).get("protect_metrics")))
+SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]))
+if api_key := os.environ.get("API_KEY") or APP["auth"]["api_key"]:
+    SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key, protect_metrics=bool(APP["auth"]["protect_metrics"]))

@@ -16,6 +16,11 @@ import yaml
 
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configuration.yaml"
 
+# For keys a configuration file leaves out; configuration.yaml documents each one.
+APP_DEFAULTS = {"max_batch_rows": 1000, "compiled_trees": True, "max_queued_rows": 16384,
+                "runner_stall_seconds": 1.0, "runner_dead_seconds": 30, "max_body_bytes": 8 * 2**20,
+                "auth": {"api_key": None, "protect_metrics": False}}
+
 
 @lru_cache(maxsize=1)
 def load() -> dict:
@@ -38,4 +43,6 @@ def batching(name: str) -> dict:
 
 
 def app() -> dict:
-    return load().get("app", {})
+    """This project's settings: the file's `app:` section over APP_DEFAULTS."""
+    section = load().get("app") or {}
+    return {**APP_DEFAULTS, **section, "auth": {**APP_DEFAULTS["auth"], **(section.get("auth") or {})}}

@@ -40,15 +40,17 @@ def runner_unavailable(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) in (429, 503, 504)
 
 
+def _retry_shortly(error: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason}, status_code=503,
+                        headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
 def runner_failure_response(exc: Exception, logger: logging.Logger) -> JSONResponse:
     if isinstance(exc, Overloaded):
-        return JSONResponse({"error": "the service is overloaded, retry shortly", "reason": "overloaded"},
-                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return _retry_shortly("the service is overloaded, retry shortly", "overloaded")
     if runner_unavailable(exc):
         logger.warning("model runner unavailable: %r", exc)
-        return JSONResponse({"error": "the model is temporarily unavailable, retry shortly",
-                             "reason": "runner_unavailable"},
-                            status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        return _retry_shortly("the model is temporarily unavailable, retry shortly", "runner_unavailable")
     logger.exception("model runner failed")
     return JSONResponse({"error": "the model failed to answer; see the server log", "reason": "runner_error"},
                         status_code=500)

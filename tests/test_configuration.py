@@ -37,3 +37,21 @@ def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trai
         assert cors.headers.get("access-control-allow-origin") == "https://app.example"
     assert "path=/predict_batch" in server.log() and "status=413" in server.log()  # access log switched on
     assert not payload_logs.exists()  # payload logging stays off unless configured on
+
+
+def test_settings_a_file_leaves_out_fall_back_to_the_defaults(tmp_path, monkeypatch):
+    path = tmp_path / "partial.yaml"
+    path.write_text("app:\n  max_batch_rows: 7\n  auth:\n    protect_metrics: true\n")
+    monkeypatch.setenv("SERVICE_CONFIG", str(path))
+    config.load.cache_clear()
+    try:
+        settings = config.app()
+    finally:
+        config.load.cache_clear()
+    assert settings["max_batch_rows"] == 7 and settings["max_queued_rows"] == config.APP_DEFAULTS["max_queued_rows"]
+    assert settings["auth"] == {"api_key": None, "protect_metrics": True}
+
+
+def test_the_shipped_file_states_the_same_defaults_the_code_falls_back_to():
+    shipped = config.load()["app"]
+    assert {key: shipped[key] for key in config.APP_DEFAULTS} == config.APP_DEFAULTS
