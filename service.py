@@ -25,13 +25,16 @@ from sklearn_service.errors import RequestError, error_response, runner_failure_
 from sklearn_service.metrics import ServiceMetrics
 from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
-from sklearn_service.schemas import Prediction, Predictions, Probabilities, Row
-from sklearn_service.validation import FeatureSchema
+from sklearn_service.schemas import Prediction, Predictions, Probabilities, label_value, row_type
+from sklearn_service.signature import stored_signature
+from sklearn_service.validation import RowEncoder
 
 bentoml_fixes.apply()
 logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
+SIGNATURE = stored_signature(MODEL.stored)  # validation, OpenAPI schema, metrics and payload log
+Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
 APP = config.app()
 
@@ -42,17 +45,17 @@ class ModelRunner:
 
     def __init__(self) -> None:
         # imported here so that only this process loads scikit-learn (~120 MB each)
-        from sklearn_service.serving_model import ServingModel, probe_rows
+        from sklearn_service.serving_model import ServingModel
 
-        pipeline = bentoml.sklearn.load_model(self.model_ref)
-        self.model = ServingModel(pipeline, compiled=APP["compiled_trees"],
-                                  probe=probe_rows(self.model_ref.info.metadata["feature_stats"]))
+        self.model = ServingModel(bentoml.sklearn.load_model(self.model_ref), SIGNATURE,
+                                  compiled=APP["compiled_trees"])
         gc.freeze()  # see SklearnService.__init__
 
-    # async: the compiled path answers in microseconds, less than a hop to a worker thread
+    # async: the compiled path answers in microseconds, less than a hop to a worker thread.
+    # Rows arrive encoded (see signature.py); classifiers answer class indices.
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
     async def predict(self, rows: np.ndarray) -> np.ndarray:
-        return self.model.predict(rows).astype(np.float64)
+        return self.model.predict(rows)
 
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
     async def predict_proba(self, rows: np.ndarray) -> np.ndarray:
@@ -71,18 +74,19 @@ class SklearnService:
     def __init__(self) -> None:
         info = MODEL.stored.info
         meta = info.metadata
-        self.schema = FeatureSchema(meta["feature_names"])
-        self.classes = meta.get("class_names")
+        self.schema = RowEncoder(SIGNATURE, reject_unseen=APP["unknown_categories"] == "reject")
+        self.labels = None if SIGNATURE.classes is None else [label_value(c) for c in SIGNATURE.classes]
         self.max_rows = int(APP["max_batch_rows"])
         self.runner_dead_seconds = float(APP["runner_dead_seconds"])
+        model_kind = meta.get("model_kind") or type(bentoml.sklearn.load_model(MODEL.stored)).__name__
         self.metadata = {"tag": str(info.tag), "created": info.creation_time.isoformat(),
-                         "task": meta["task"], "model_kind": meta["model_kind"],
-                         "feature_names": self.schema.names, "class_names": self.classes,
-                         "holdout_metrics": meta["holdout_metrics"],
-                         "versions": meta["versions"], "training": meta["training"]}
-        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], meta)
+                         "task": SIGNATURE.task, "model_kind": model_kind,
+                         "feature_names": SIGNATURE.names, "classes": SIGNATURE.classes,
+                         "input_schema": SIGNATURE.json_schema(), "signature": SIGNATURE.to_metadata(),
+                         **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
+        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], SIGNATURE, model_kind)
         monitoring = config.service("SklearnService").get("monitoring", {})
-        self.payload_log = PayloadLog(bool(monitoring.get("enabled")), self.schema.names)
+        self.payload_log = PayloadLog(bool(monitoring.get("enabled")), SIGNATURE)
         limits = dict(max_rows=self.max_rows, max_waiting_rows=int(APP["max_queued_rows"]),
                       stall_after=float(APP["runner_stall_seconds"]))
         self._predict = Coalescer(self._runner_call("predict"), **limits)
@@ -108,25 +112,29 @@ class SklearnService:
     async def predict(self, features: Row) -> Prediction:
         """One row, positional or by feature name: the seed's contract."""
         return await self._serve("/predict", 1, lambda: self.schema.single(features), self._predict,
-                                 lambda out: Prediction(prediction=float(out[0])))
+                                 lambda out: Prediction(prediction=self._label(out[0])))
 
     @bentoml.api
     async def predict_batch(self, instances: list[Row]) -> Predictions:
         """Many rows in one request (at most app.max_batch_rows); order is kept."""
         return await self._serve("/predict_batch", len(instances), lambda: self.schema.matrix(instances, self.max_rows),
-                                 self._predict, lambda out: Predictions(predictions=out.tolist()))
+                                 self._predict, lambda out: Predictions(predictions=[self._label(v) for v in out]))
 
     @bentoml.api
     async def predict_proba(self, features: Row) -> Probabilities:
-        """Class probabilities keyed by class name (classifiers only)."""
+        """Class probabilities keyed by class label (classifiers only)."""
         def shape() -> np.ndarray:
-            if self.classes is None:
+            if self.labels is None:
                 raise RequestError("not_a_classifier", "this model is a regressor: it has no class probabilities")
             return self.schema.single(features)
 
         return await self._serve("/predict_proba", 1, shape, self._predict_proba,
-                                 lambda out: Probabilities(prediction=float(np.argmax(out[0])),
-                                                           probabilities=dict(zip(self.classes, out[0].tolist()))))
+                                 lambda out: Probabilities(prediction=self.labels[int(np.argmax(out[0]))],
+                                                           probabilities=dict(zip(map(str, SIGNATURE.classes),
+                                                                                  out[0].tolist()))))
+
+    def _label(self, value: float):
+        return value if self.labels is None else self.labels[int(value)]
 
     async def _serve(self, endpoint: str, row_count: int, shape, call, respond):
         """Validate, predict, record: the one path every prediction endpoint takes."""
@@ -141,6 +149,11 @@ class SklearnService:
         except Exception as exc:  # the runner failed or is unreachable: never the client's fault
             self.metrics.error(endpoint, len(rows))
             return runner_failure_response(exc, logger)
+        if np.isnan(out).any():  # rows the model raised on (see ServingModel): the request's own problem
+            self.metrics.reject(endpoint, "model_refused_row", len(rows))
+            failed = np.flatnonzero(np.isnan(out.reshape(len(rows), -1)).any(axis=1)).tolist()
+            return error_response(RequestError("model_refused_row", f"the model could not predict instance(s) "
+                                                                    f"{failed[:10]}; see the server log", 422))
         predictions = out if out.ndim == 1 else np.argmax(out, axis=1)
         self.metrics.success(endpoint, rows, predictions, time.perf_counter() - start)
         self.payload_log.write(endpoint, rows, predictions)

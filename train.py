@@ -1,8 +1,11 @@
-"""Train a seeded scikit-learn pipeline and save it into the BentoML model store.
+"""Put a scikit-learn model into the BentoML model store, with its input signature.
 
     python train.py                                   # RandomForest on scikit-learn's breast-cancer data
-    python train.py --model logistic_regression
-    python train.py --data my.csv --target label      # your own CSV; task inferred unless --task is given
+    python train.py --model hist_gradient_boosting
+    python train.py --data my.csv --target label      # your own CSV: numbers, booleans, text, missing values
+    python train.py --data my.csv --target y --categorical zip --drop id
+    python train.py --import-model model.skops --reference-data sample.csv --target label
+    python train.py --import-model model.joblib --trust-pickle   # pickles run code when loaded
     python train.py --if-missing                      # train only when the store has no such model
 """
 
@@ -12,10 +15,15 @@ import argparse
 import json
 import sys
 
+from sklearn_service.signature import describe
 from sklearn_service.training import MODEL_KINDS, TASKS, DataError, load_csv_dataset
-from sklearn_service.training import load_default_dataset, save_to_store, train
+from sklearn_service.training import load_default_dataset, save_result, train
 
 DEFAULT_MODEL_NAME = "sklearn_model"
+
+
+def names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,14 +31,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help="model name in the store")
     parser.add_argument("--model", choices=MODEL_KINDS, default="random_forest")
     parser.add_argument("--data", help="CSV file with a header row; default: breast-cancer data")
-    parser.add_argument("--target", help="target column of --data")
+    parser.add_argument("--target", help="target column of --data or --reference-data")
+    parser.add_argument("--categorical", type=names, default=[], help="columns to treat as categories: a,b")
+    parser.add_argument("--drop", type=names, default=[], help="columns to leave out: id,ts")
     parser.add_argument("--task", choices=("auto", *TASKS), default="auto")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--test-size", type=float, default=0.2)
+    parser.add_argument("--import-model", metavar="FILE", help="a fitted estimator or Pipeline: .skops, or "
+                        ".joblib/.pkl with --trust-pickle")
+    parser.add_argument("--reference-data", metavar="FILE.csv", help="rows like the ones the model was fitted "
+                        "on: feature kinds, categories and statistics (with --target: metrics too)")
+    parser.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle (runs its code)")
+    parser.add_argument("--trust-types", type=names, default=[], help="types a .skops file may hold beyond "
+                        "scikit-learn's own, once you have checked them: numpy.log1p,...")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if the store has a model of this name")
     args = parser.parse_args(argv)
     if args.data and not args.target:
         parser.error("--data needs --target")
+    if args.import_model and args.data:
+        parser.error("--import-model takes --reference-data, not --data")
+    if args.reference_data and not args.import_model:
+        parser.error("--reference-data goes with --import-model")
     if not 0 < args.test_size < 1:
         parser.error("--test-size must be between 0 and 1")
     return args
@@ -46,23 +67,39 @@ def existing_model(name: str):
         return None
 
 
+def build(args: argparse.Namespace):
+    """The model and its metadata, and lines to tell the user; nothing is saved yet."""
+    if args.import_model:
+        from sklearn_service.model_import import import_model
+
+        return import_model(args.import_model, args.trust_pickle, args.reference_data, args.target, args.trust_types)
+    data = (load_csv_dataset(args.data, args.target, args.categorical, args.drop) if args.data
+            else load_default_dataset())
+    return train(data, kind=args.model, task=args.task, seed=args.seed, test_size=args.test_size), \
+        [f"warning: {w}" for w in data.warnings]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.if_missing and (found := existing_model(args.name)):
         print(f"model store already has {found.tag}; not training")
         return 0
     try:
-        data = load_csv_dataset(args.data, args.target) if args.data else load_default_dataset()
-        result = train(data, kind=args.model, task=args.task, seed=args.seed, test_size=args.test_size)
+        result, notes = build(args)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    meta = result.metadata
-    print(f"task: {meta['task']} ({'given' if args.task != 'auto' else 'inferred'}), "
-          f"model: {meta['model_kind']}, rows: {meta['training']['rows']}, "
-          f"features: {len(meta['feature_names'])}")
-    print("holdout metrics: " + json.dumps(meta["holdout_metrics"]))
-    saved = save_to_store(result, args.name)
+    for note in notes:
+        print(note, file=sys.stderr)
+    meta, signature = result.metadata, result.signature
+    print(f"task: {meta['task']}, model: {meta['model_kind']}, features: {len(signature.features)}"
+          + (f", rows: {meta['training']['rows']}" if "rows" in meta["training"] else ""))
+    print("features:", *describe(signature), sep="\n")
+    if signature.classes is not None:
+        print(f"classes: {signature.classes}")
+    if meta["holdout_metrics"]:
+        print("holdout metrics: " + json.dumps(meta["holdout_metrics"]))
+    saved = save_result(result, args.name)
     print(f"saved model: {saved.tag}")
     return 0
 

@@ -46,10 +46,10 @@ def prepare_model(home: Path) -> Path:
     """Trains the default model into `home` and writes the same pipeline as model.pkl for the seed."""
     import joblib
 
-    from sklearn_service.training import load_default_dataset, save_to_store, train
+    from sklearn_service.training import load_default_dataset, save_result, train
 
     result = train(load_default_dataset())
-    save_to_store(result, "sklearn_model")
+    save_result(result, "sklearn_model")
     pkl = home / "model.pkl"
     joblib.dump(result.pipeline, pkl)
     return pkl

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from sklearn_service.signature import UNSEEN_CODE, Signature
+
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServiceMetrics:
-    def __init__(self, tag: str, created: str, metadata: dict):
+    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str):
         from prometheus_client import Counter, Gauge, Histogram
 
         self.tag = tag
-        self.feature_names = list(metadata["feature_names"])
-        stats = metadata["feature_stats"]
-        self.low = np.array([stats[name]["min"] for name in self.feature_names])
-        self.high = np.array([stats[name]["max"] for name in self.feature_names])
-        self.class_names = metadata.get("class_names")
+        self.feature_names = signature.names
+        # training range per number feature (none known: an endless range, never outside)
+        ranges = [(f.stats["min"], f.stats["max"]) if f.stats and not f.is_category else (-np.inf, np.inf)
+                  for f in signature.features]
+        self.low, self.high = np.array(ranges).reshape(-1, 2).T
+        self.category_columns = [i for i, f in enumerate(signature.features) if f.is_category]
+        self.class_names = None if signature.classes is None else [str(c) for c in signature.classes]
 
         self.predictions = Counter(
             "ml_predictions_total", "Rows answered, by endpoint, model tag and outcome (success, rejected, error)",
@@ -37,6 +41,8 @@ class ServiceMetrics:
             "ml_rejected_requests_total", "Requests refused before prediction, by reason", ["endpoint", "reason"])
         self.out_of_range = Counter(
             "ml_feature_out_of_range_total", "Feature values outside the training range (drift signal)", ["feature"])
+        self.unseen = Counter(
+            "ml_unseen_category_total", "Category values not seen in training, answered as unseen", ["feature"])
         self.rows_per_call = Histogram(
             "ml_runner_call_rows", "Rows per API-to-runner call after gathering concurrent requests",
             buckets=ROWS_BUCKETS)
@@ -44,10 +50,11 @@ class ServiceMetrics:
             self.classes = Counter("ml_predicted_class_total", "Predictions per class", ["model_tag", "class_name"])
         else:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
-                                    buckets=tuple(metadata.get("target_quantiles") or Histogram.DEFAULT_BUCKETS))
+                                    buckets=tuple((signature.prediction_stats or {}).get("bins")
+                                                  or Histogram.DEFAULT_BUCKETS))
         info = Gauge("ml_model_info", "The model being served (value 1)", ["model_tag", "task", "model_kind", "created"],
                      multiprocess_mode="livemax")
-        info.labels(tag, metadata["task"], metadata["model_kind"], created).set(1)
+        info.labels(tag, signature.task, model_kind, created).set(1)
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
         self.predictions.labels(endpoint, self.tag, "success").inc(len(rows))
@@ -55,6 +62,11 @@ class ServiceMetrics:
         outside = np.count_nonzero((rows < self.low) | (rows > self.high), axis=0)
         for column in np.flatnonzero(outside):
             self.out_of_range.labels(self.feature_names[column]).inc(int(outside[column]))
+        if self.category_columns:
+            unseen = np.count_nonzero(rows[:, self.category_columns] == UNSEEN_CODE, axis=0)
+            for column, count in zip(self.category_columns, unseen.tolist()):
+                if count:
+                    self.unseen.labels(self.feature_names[column]).inc(count)
         if self.class_names is not None:
             indices, counts = np.unique(predictions.astype(int), return_counts=True)
             for index, count in zip(indices, counts):

@@ -1,24 +1,45 @@
-"""Request and response bodies of the public API."""
+"""Request and response bodies of the public API, typed from the model's signature."""
 
 from __future__ import annotations
 
 import typing as t
 
-from pydantic import BaseModel, Field, StrictFloat
+from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
-# A row is either positional values or {feature name: value}. StrictFloat refuses
-# strings and booleans; NaN and infinities are refused later with a clearer message.
-Row = t.Union[t.List[StrictFloat], t.Dict[str, StrictFloat]]
+from sklearn_service.signature import Signature
+
+# One JSON value of a row. Validation against the signature (validation.py) names the
+# feature in its error, so the request type itself accepts any scalar.
+Value = t.Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
+RawRow = t.Union[t.List[Value], t.Dict[str, Value]]
+# A prediction: a number, or the class label as trained (numbers as floats, strings as strings).
+Label = t.Union[StrictFloat, StrictStr, StrictBool]
+
+
+def label_value(label):
+    """A class label as the API answers it: numbers as floats (the seed's {"prediction": 0.0})."""
+    return float(label) if isinstance(label, (int, float)) and not isinstance(label, bool) else label
+
+
+def row_type(signature: Signature):
+    """A row by feature name or in feature order, documented from the signature: what
+    /docs.json shows, Swagger's "Try it out" sends and client generators read."""
+    named = signature.json_schema()
+    by_position = {"type": "array", "minItems": len(signature.features), "maxItems": len(signature.features),
+                   "title": "Positional",
+                   "description": "feature values in this order: " + ", ".join(signature.names),
+                   "items": {"anyOf": [{"type": t} for t in ("number", "string", "boolean", "null")]}}
+    return t.Annotated[RawRow, WithJsonSchema({"anyOf": [named, by_position], "example": named.get("example")})]
 
 
 class Prediction(BaseModel):
-    prediction: float = Field(description="predicted value; for classifiers the class index (see /metadata)")
+    prediction: Label = Field(description="predicted value; for classifiers the class label as trained")
 
 
 class Predictions(BaseModel):
-    predictions: t.List[float] = Field(description="one prediction per instance, in request order")
+    predictions: t.List[Label] = Field(description="one prediction per instance, in request order")
 
 
 class Probabilities(BaseModel):
-    prediction: float
-    probabilities: t.Dict[str, float] = Field(description="class name -> probability")
+    prediction: Label
+    probabilities: t.Dict[str, float] = Field(description="class label -> probability")

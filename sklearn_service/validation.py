@@ -1,35 +1,106 @@
-"""Turns request rows into a float matrix the model accepts, or a client error naming the problem.
+"""Turns request rows into the float64 matrix the runner takes, or a client error naming the feature.
 
 Runs in the API service before anything is batched, so one bad request can never
-fail the requests that would have shared its batch.
+fail the requests that would have shared its batch. Categories become codes into
+the signature's category lists (see signature.py).
 """
 
 from __future__ import annotations
 
 import math
 import typing as t
+from itertools import chain
 
 import numpy as np
 
 from sklearn_service.errors import RequestError
+from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
+
+NOTHING = type(None)
 
 
-class FeatureSchema:
-    def __init__(self, feature_names: t.Sequence[str]):
-        self.names = list(feature_names)
+def _number(value, f: Feature, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError("wrong_type", f"{where}feature {f.name!r} must be a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number) and f.nullable:
+        return number  # as null: a missing value
+    if not math.isfinite(number):
+        raise RequestError("non_finite", f"{where}feature {f.name!r} is not a finite number: {value}")
+    return number
+
+
+def _boolean(value, f: Feature, where: str) -> float:
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return float(value)
+    raise RequestError("wrong_type", f"{where}feature {f.name!r} must be true or false, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    kind = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}.get(type(value), "a number")
+    text = repr(value)
+    return f"{kind} ({text[:40] + '...' if len(text) > 40 else text})"
+
+
+class RowEncoder:
+    """Validates rows against a model's signature and encodes them for the runner."""
+
+    def __init__(self, signature: Signature, reject_unseen: bool = False):
+        self.signature = signature
+        self.features = signature.features
+        self.names = signature.names
         self.index = {name: i for i, name in enumerate(self.names)}
+        self.codes = [self._code_table(f) if f.is_category else None for f in self.features]
+        # what an unseen category may look like: a string for string categories, else any scalar
+        self.category_types = [(str,) if f.is_category and all(isinstance(c, str) for c in f.categories)
+                               else (str, int, float) for f in self.features]
+        self.refuse_unseen = [f.is_category and (reject_unseen or f.unseen_categories == "refused")
+                              for f in self.features]
+        self.nullable = np.array([f.nullable for f in self.features])
+        # plain numbers only: whole batches are checked in one numpy pass
+        self.all_numbers = all(f.kind in ("number", "integer") for f in self.features)
 
-    def row(self, values: list[float] | dict[str, float], where: str = "") -> list[float]:
+    @staticmethod
+    def _code_table(f: Feature) -> dict:
+        table = {value: float(code) for code, value in enumerate(f.categories)}
+        if all(isinstance(c, str) for c in f.categories):  # numbers sent for string categories, e.g. 94110 for "94110"
+            table.update([(int(c), code) for c, code in table.items() if c.lstrip("-").isdigit()])
+        return table
+
+    def _value(self, i: int, value, where: str) -> float:
+        f = self.features[i]
+        if value is None:
+            if not f.nullable:
+                raise RequestError("missing_value", f"{where}feature {f.name!r} may not be missing: "
+                                                    "the model was trained without missing values there")
+            return math.nan
+        if f.is_category:
+            code = self.codes[i].get(value)
+            if code is not None:
+                return code
+            if not isinstance(value, self.category_types[i]):
+                raise RequestError("wrong_type", f"{where}feature {f.name!r} must be a category "
+                                                 f"such as {f.categories[0]!r}, got {_shown(value)}")
+            if self.refuse_unseen[i]:
+                known = ", ".join(map(repr, f.categories[:10])) + (", ..." if len(f.categories) > 10 else "")
+                raise RequestError("unknown_category", f"{where}feature {f.name!r} has no category {value!r}; "
+                                                       f"known: {known}")
+            return UNSEEN_CODE
+        if f.kind == "boolean":
+            return _boolean(value, f, where)
+        return _number(value, f, where)
+
+    def row(self, values: list | dict, where: str = "") -> list[float]:
         if isinstance(values, dict):
             values = self._from_names(values, where)
         elif len(values) != len(self.names):
             raise RequestError("wrong_length", f"{where}expected {len(self.names)} features, got {len(values)}")
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                raise RequestError("non_finite", f"{where}feature {i} ({self.names[i]!r}) is not a finite number: {value}")
-        return values
+        return [self._value(i, value, where) for i, value in enumerate(values)]
 
-    def single(self, values: list[float] | dict[str, float]) -> np.ndarray:
+    def single(self, values: list | dict) -> np.ndarray:
         return np.array([self.row(values)], dtype=np.float64)
 
     def matrix(self, rows: t.Sequence, max_rows: int) -> np.ndarray:
@@ -37,20 +108,33 @@ class FeatureSchema:
             raise RequestError("empty_batch", "instances must hold at least one row")
         if len(rows) > max_rows:
             raise RequestError("too_many_rows", f"at most {max_rows} instances per request, got {len(rows)}", 413)
-        if all(isinstance(r, list) for r in rows):  # fast path: positional rows, checked in one go
-            try:
-                matrix = np.array(rows, dtype=np.float64)
-            except ValueError:  # ragged rows: the row-by-row pass below names the bad one
-                matrix = None
-            if matrix is not None and matrix.shape[1:] == (len(self.names),) and np.isfinite(matrix).all():
-                return matrix
+        if (fast := self._numbers_at_once(rows)) is not None:
+            return fast
         return np.array([self.row(r, f"instance {i}: ") for i, r in enumerate(rows)], dtype=np.float64)
 
-    def _from_names(self, named: dict[str, float], where: str) -> list[float]:
+    def _numbers_at_once(self, rows: t.Sequence) -> np.ndarray | None:
+        """Positional rows of plain numbers in one numpy pass; None sends them row by row,
+        where an error names the instance and the feature."""
+        if not self.all_numbers or not all(type(r) is list for r in rows):
+            return None
+        if not set(map(type, chain.from_iterable(rows))) <= {float, int, NOTHING}:
+            return None  # strings, booleans: refused row by row with the feature named
+        try:
+            matrix = np.array(rows, dtype=np.float64)  # None becomes NaN
+        except (ValueError, OverflowError):
+            return None
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
+            return None
+        finite = np.isfinite(matrix)
+        if not finite.all() and not (finite | (np.isnan(matrix) & self.nullable)).all():
+            return None
+        return matrix
+
+    def _from_names(self, named: dict, where: str) -> list:
         unknown = sorted(set(named) - self.index.keys())
         if unknown:
             raise RequestError("unknown_feature", f"{where}unknown feature name(s): {unknown[:5]}")
-        missing = [name for name in self.names if name not in named]
+        missing = [f.name for f in self.features if f.name not in named and not f.nullable]
         if missing:
             raise RequestError("missing_feature", f"{where}missing {len(missing)} feature(s): {missing[:5]}")
-        return [named[name] for name in self.names]
+        return [named.get(name) for name in self.names]

@@ -13,7 +13,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
-from sklearn_service.training import load_default_dataset, save_to_store, train  # noqa: E402
+from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
 from tests.serving import Server  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def bentoml_home() -> Path:
 def trained():
     """The default model, freshly trained into the throwaway store."""
     result = train(load_default_dataset())
-    model = save_to_store(result, "sklearn_model")
+    model = save_result(result, "sklearn_model")
     return {"tag": str(model.tag), "pipeline": result.pipeline, "metadata": result.metadata}
 
 
@@ -66,7 +66,7 @@ def regressor_server(trained):
 
     bunch = load_diabetes(as_frame=True)
     result = train(Dataset(bunch.data, bunch.target, "sklearn.datasets.load_diabetes"), task="regression")
-    model = save_to_store(result, "diabetes_model")
+    model = save_result(result, "diabetes_model")
     with Server(HOME, env={"MODEL_TAG": str(model.tag)}) as srv:
         srv.pipeline = result.pipeline
         srv.features = bunch.data.to_numpy()

@@ -38,7 +38,7 @@ def test_rows_outcomes_reasons_classes_and_drift_are_counted(server, post, train
     assert delta(before, after, "ml_feature_out_of_range_total") == 1
 
     predicted = trained["pipeline"].predict(np.vstack([X[:12], drifting]))
-    for index, name in enumerate(["malignant", "benign"]):
+    for index, name in enumerate(["0", "1"]):
         counted = delta(before, after, "ml_predicted_class_total", class_name=name)
         assert counted == int((predicted == index).sum())
     assert total(after, "ml_model_info", model_tag=tag, task="classification") == 1

@@ -30,18 +30,19 @@ def test_batch_keeps_order(post, trained, cancer):
     assert response.json()["predictions"] == trained["pipeline"].predict(rows).astype(float).tolist()
 
 
-def test_probabilities_are_keyed_by_class_name(post, trained, cancer):
+def test_probabilities_are_keyed_by_class_label(post, trained, cancer):
     row = cancer["X"][0]
     body = post("/predict_proba", {"features": row.tolist()}).json()
     expected = trained["pipeline"].predict_proba([row])[0]
-    assert body["probabilities"] == pytest.approx(dict(zip(["malignant", "benign"], expected)))
+    assert body["probabilities"] == pytest.approx(dict(zip(["0", "1"], expected)))
     assert body["prediction"] == float(np.argmax(expected))
 
 
 def test_metadata_describes_the_served_model(server, trained):
     meta = requests.get(server.url + "/metadata", timeout=5).json()
     assert meta["tag"] == trained["tag"]
-    assert meta["task"] == "classification" and meta["class_names"] == ["malignant", "benign"]
+    assert meta["task"] == "classification" and meta["classes"] == [0, 1]
+    assert meta["input_schema"]["properties"]["mean radius"]["type"] == "number"
     assert len(meta["feature_names"]) == 30 and meta["holdout_metrics"]["accuracy"] > 0.9
     assert meta["versions"]["scikit-learn"] and meta["created"]
 

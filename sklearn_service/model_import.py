@@ -1,0 +1,188 @@
+"""Bring your own model: an already fitted scikit-learn estimator or Pipeline into the store.
+
+`.skops` files load with skops.io, which refuses types it does not trust. `.joblib`
+and `.pkl` files are pickles: loading one runs whatever code it holds, so they load
+only when the user says they trust the file. The signature comes from the estimator
+and, when given, from reference data, on which the model must predict before
+anything is saved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sklearn
+
+from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
+from sklearn_service.training import DataError, TrainingResult, holdout_metrics, read_csv, reference_sample, versions
+
+SAFE_SUFFIXES = (".skops",)
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+# skops lists even scikit-learn's own tree and numpy's dtype as "untrusted"; these are the
+# data types a fitted estimator is made of. Functions (e.g. a FunctionTransformer's) are not
+# among them: those the user names with --trust-types after reading the file's list.
+TRUSTED_PREFIXES = ("sklearn.",)
+TRUSTED_TYPES = {"numpy.dtype", "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937",
+                 "numpy.random._pcg64.PCG64", "numpy.random._generator.Generator", "collections.OrderedDict"}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _load_skops(path: Path, trust_types: list[str]):
+    import skops.io
+
+    try:
+        listed = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise DataError(f"{path} is not a valid .skops file ({type(exc).__name__}: {exc})") from None
+    untrusted = [name for name in listed if not name.startswith(TRUSTED_PREFIXES)
+                 and name not in TRUSTED_TYPES and name not in trust_types]
+    if untrusted:
+        raise DataError(f"refusing to load {path}: it holds types skops does not trust: {untrusted[:8]} "
+                        "(after checking them, name them with --trust-types)")
+    try:
+        return skops.io.load(path, trusted=listed)
+    except Exception as exc:
+        raise DataError(f"{path} could not be loaded ({type(exc).__name__}: {exc})") from None
+
+
+def _load_pickle(path: Path, trust_pickle: bool):
+    if not trust_pickle:
+        raise DataError(f"refusing to load {path}: a .joblib/.pkl file runs any code it holds when loaded; "
+                        "pass --trust-pickle only if you trust its source (or save it with skops.io.dump as .skops)")
+    import joblib
+
+    try:
+        return joblib.load(path)
+    except Exception as exc:
+        raise DataError(f"{path} could not be loaded as a pickle ({type(exc).__name__}: {exc})") from None
+
+
+def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = ()) -> tuple[object, str]:
+    """The model and the scikit-learn version it was made with."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+        raise DataError(f"{path} is neither a .skops nor a .joblib/.pkl file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", sklearn.exceptions.InconsistentVersionWarning)
+        model = _load_skops(path, trust_types) if suffix in SAFE_SUFFIXES else _load_pickle(path, trust_pickle)
+    made_with = next((str(w.message.original_sklearn_version) for w in caught
+                      if issubclass(w.category, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
+    return model, made_with
+
+
+def check_estimator(model) -> str:
+    """The task of a fitted scikit-learn estimator, or a DataError saying what it is instead."""
+    from sklearn.base import BaseEstimator, is_classifier, is_regressor
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    if not isinstance(model, BaseEstimator) or not hasattr(model, "predict"):
+        raise DataError(f"not a scikit-learn estimator: the file holds a {type(model).__module__}."
+                        f"{type(model).__qualname__}")
+    try:
+        check_is_fitted(model)
+    except NotFittedError:
+        raise DataError(f"the {type(model).__name__} in the file is not fitted: fit it before saving") from None
+    if is_classifier(model) or (not is_regressor(model) and hasattr(model, "classes_")):
+        return "classification"
+    return "regression"
+
+
+def _reference_frame(model, frame: pd.DataFrame, path) -> pd.DataFrame:
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        names = [str(n) for n in names]
+        missing = [n for n in names if n not in frame.columns]
+        extra = [c for c in frame.columns if c not in names]
+        if missing or extra:
+            raise DataError(f"reference columns in {path} do not match the model's features: "
+                            f"missing {missing[:8]}, not used by the model {extra[:8]}")
+        return frame[names]
+    if frame.shape[1] != model.n_features_in_:
+        raise DataError(f"reference data {path} has {frame.shape[1]} feature columns; "
+                        f"the model was fitted on {model.n_features_in_}")
+    text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if text:
+        raise DataError(f"the model was fitted on an array of numbers; reference columns not numeric: {text[:8]}")
+    return frame.astype("float64")
+
+
+def _model_input(model, X: pd.DataFrame):
+    return X if hasattr(model, "feature_names_in_") else X.to_numpy()
+
+
+def _refuses_unseen(model, X: pd.DataFrame, column: str) -> bool:
+    probe = X.iloc[:1].copy()
+    probe[column] = pd.Series([UNSEEN_LABEL], index=probe.index, dtype=object)
+    try:
+        model.predict(probe)
+    except Exception:
+        return True
+    return False
+
+
+def import_model(path: str | Path, trust_pickle: bool = False, reference: str | Path | None = None,
+                 target: str | None = None, trust_types: list[str] = ()) -> tuple[TrainingResult, list[str]]:
+    path = Path(path)
+    model, made_with = load_model_file(path, trust_pickle, trust_types)
+    task = check_estimator(model)
+    notes = []
+    if made_with != sklearn.__version__:
+        notes.append(f"warning: {path.name} was made with scikit-learn {made_with}; "
+                     f"{sklearn.__version__} is installed: predictions may differ")
+    classes = getattr(model, "classes_", None)
+    signature, metrics, sample = Signature.from_estimator(model), {}, None
+    if reference is None:
+        try:  # the example row the signature offers must be one the model answers
+            model.predict(signature.to_model_input(signature.example_matrix()))
+        except Exception as exc:
+            raise DataError(f"the model cannot predict on a row built from its own features "
+                            f"({type(exc).__name__}); give --reference-data FILE.csv") from None
+    else:
+        frame = read_csv(reference)
+        if target is not None and target not in frame.columns:
+            raise DataError(f"target column {target!r} not in {reference}; columns are {list(frame.columns)}")
+        y = frame.pop(target) if target is not None else None
+        X = _reference_frame(model, frame, reference)
+        kinds = {str(c): infer_kind(X[c]) for c in X.columns}
+        X = X.astype({c: object for c, kind in kinds.items() if kind == "category"})
+        try:
+            predicted = model.predict(_model_input(model, X))
+        except Exception as exc:
+            raise DataError(f"the model cannot predict on {reference}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if y is not None:
+            metrics = holdout_metrics(model, _model_input(model, X), y.to_numpy(), task)
+        outcome = y if y is not None else pd.Series(predicted)
+        signature = Signature.from_frame(X, task, classes, hasattr(model, "feature_names_in_"), kinds, y=outcome)
+        for feature in signature.features:
+            if feature.is_category and _refuses_unseen(model, X, feature.name):
+                feature.unseen_categories = "refused"
+        sample = reference_sample(X, y)
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    metadata = {
+        "task": task,
+        "model_kind": type(final).__name__,
+        "signature": signature.to_metadata(),
+        "holdout_metrics": metrics,
+        "training": {"source": "imported", "file": path.name, "file_sha256": file_sha256(path),
+                     "format": "skops" if path.suffix.lower() in SAFE_SUFFIXES else "pickle",
+                     "made_with_scikit_learn": made_with,
+                     **({"reference_data": str(reference), "reference_rows": len(sample)} if sample is not None else {})},
+        "versions": versions(),
+    }
+    return TrainingResult(model, metadata, sample), notes

@@ -1,0 +1,156 @@
+"""Mixed-type models end to end through a real `bentoml serve`: trained from a CSV with text,
+booleans and gaps, or brought by the user (.skops, .joblib); labels as trained; per-feature errors."""
+
+from __future__ import annotations
+
+import math
+
+import bentoml
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import skops.io
+
+import train as train_cli
+from sklearn_service.training import load_csv_dataset
+from tests.byo_models import flipper_regressor, penguin_classifier, penguin_frame
+from tests.mixed_data import FEATURES, write_penguins_csv
+from tests.prometheus_text import delta, scrape
+from tests.serving import Server, write_config
+
+
+def json_rows(frame: pd.DataFrame) -> list[dict]:
+    """Rows as a client sends them: NaN as null, numpy scalars as JSON values."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) or v is None else
+                 v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]
+
+
+def post(server, path, payload):
+    return requests.post(server.url + path, json=payload, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def penguins_server(bentoml_home, tmp_path_factory):
+    path = tmp_path_factory.mktemp("penguins") / "penguins.csv"
+    frame = write_penguins_csv(path)
+    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
+    model = bentoml.models.get("penguins:latest")
+    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag)}) as srv:
+        srv.frame = frame
+        srv.pipeline = bentoml.sklearn.load_model(model)
+        srv.model_frame = load_csv_dataset(path, "species").X
+        yield srv
+
+
+def test_trained_mixed_model_answers_as_the_pipeline_does_with_labels(penguins_server):
+    srv, rows = penguins_server, json_rows(penguins_server.frame.drop(columns=["species"]))
+    expected = srv.pipeline.predict(srv.model_frame).tolist()
+    response = post(srv, "/predict_batch", {"instances": rows})
+    assert response.status_code == 200 and response.json()["predictions"] == expected
+    positional = [[row[name] for name in FEATURES] for row in rows[:20]]
+    assert post(srv, "/predict_batch", {"instances": positional}).json()["predictions"] == expected[:20]
+    single = post(srv, "/predict", {"features": rows[7]}).json()
+    assert single == {"prediction": expected[7]} and isinstance(single["prediction"], str)
+    proba = post(srv, "/predict_proba", {"features": rows[7]}).json()
+    assert set(proba["probabilities"]) == {"Adelie", "Chinstrap", "Gentoo"}
+    assert proba["probabilities"] == pytest.approx(dict(zip(
+        srv.pipeline.classes_, srv.pipeline.predict_proba(srv.model_frame.iloc[[7]])[0])))
+
+
+@pytest.mark.parametrize("features, reason, words", [
+    ({"island": "Dream", "bill_length_mm": "long", "flipper_length_mm": 200, "sex": "male", "tagged": True},
+     "wrong_type", "feature 'bill_length_mm' must be a number, got a string"),
+    ({"island": 2, "bill_length_mm": 40.0, "flipper_length_mm": 200, "sex": "male", "tagged": True},
+     "wrong_type", "feature 'island' must be a category"),
+    ({"island": None, "bill_length_mm": 40.0, "flipper_length_mm": 200, "sex": "male", "tagged": True},
+     "missing_value", "feature 'island' may not be missing"),
+    ({"island": "Dream", "bill_length_mm": 40.0, "flipper_length_mm": 200, "sex": "male", "tagged": "yes"},
+     "wrong_type", "feature 'tagged' must be true or false"),
+    ({"island": "Dream", "beak": 40.0, "tagged": True}, "unknown_feature", "['beak']"),
+    (["Dream", 40.0, 200], "wrong_length", "expected 5 features, got 3"),
+])
+def test_bad_mixed_rows_name_the_feature(penguins_server, features, reason, words):
+    response = post(penguins_server, "/predict", {"features": features})
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"] == reason and words in response.json()["error"]
+
+
+def test_unseen_categories_are_answered_and_counted(penguins_server):
+    before = scrape(penguins_server.url)
+    row = {"island": "Atlantis", "bill_length_mm": 40.0, "flipper_length_mm": 200, "sex": None, "tagged": False}
+    assert post(penguins_server, "/predict", {"features": row}).status_code == 200
+    after = scrape(penguins_server.url)
+    assert delta(before, after, "ml_unseen_category_total", feature="island") == 1
+    assert delta(before, after, "ml_unseen_category_total", feature="sex") == 0
+
+
+def test_openapi_describes_the_features_from_the_signature(penguins_server):
+    doc = requests.get(penguins_server.url + "/docs.json", timeout=10).json()
+    text = str(doc)
+    assert "'enum': ['Biscoe', 'Dream', 'Torgersen']" in text and "bill_length_mm" in text
+    meta = requests.get(penguins_server.url + "/metadata", timeout=10).json()
+    schema = meta["input_schema"]
+    assert schema["properties"]["island"]["enum"] == ["Biscoe", "Dream", "Torgersen"]
+    assert set(schema["required"]) == {"island", "tagged"}
+    assert post(penguins_server, "/predict", {"features": schema["example"]}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def byo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("byo")
+    model = penguin_classifier()
+    skops.io.dump(model, folder / "penguins.skops")
+    joblib.dump(model, folder / "penguins.joblib")
+    X, y = penguin_frame(120, seed=11)
+    X.assign(species=y).to_csv(folder / "reference.csv", index=False)
+    return {"folder": folder, "model": model, "rows": penguin_frame(60, seed=12)[0]}
+
+
+@pytest.mark.parametrize("file, extra", [("penguins.skops", []), ("penguins.joblib", ["--trust-pickle"])])
+def test_imported_pipeline_serves_the_same_predictions(byo, bentoml_home, file, extra):
+    name = "byo_" + file.split(".")[1]
+    args = ["--import-model", str(byo["folder"] / file), "--reference-data", str(byo["folder"] / "reference.csv"),
+            "--target", "species", "--name", name, *extra]
+    assert train_cli.main(args) == 0
+    rows = byo["rows"]
+    with Server(bentoml_home, env={"MODEL_TAG": f"{name}:latest"}) as srv:
+        response = post(srv, "/predict_batch", {"instances": json_rows(rows)})
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == byo["model"].predict(rows).tolist()
+        proba = post(srv, "/predict_proba", {"features": json_rows(rows)[0]}).json()["probabilities"]
+        assert proba == pytest.approx(dict(zip(byo["model"].classes_, byo["model"].predict_proba(rows.iloc[:1])[0])))
+
+
+def test_regression_import_serves_and_unseen_categories_can_be_refused(bentoml_home, tmp_path):
+    model, frame = flipper_regressor()
+    skops.io.dump(model, tmp_path / "flipper.skops")
+    frame.to_csv(tmp_path / "flipper.csv", index=False)
+    assert train_cli.main(["--import-model", str(tmp_path / "flipper.skops"), "--reference-data",
+                           str(tmp_path / "flipper.csv"), "--target", "flipper_length_mm", "--name", "flipper"]) == 0
+    config = write_config(tmp_path, lambda s: s["app"].update(unknown_categories="reject"))
+    rows = frame.drop(columns=["flipper_length_mm"]).iloc[:25]
+    with Server(bentoml_home, env={"MODEL_TAG": "flipper:latest", "SERVICE_CONFIG": str(config)}) as srv:
+        response = post(srv, "/predict_batch", {"instances": json_rows(rows)})
+        assert response.status_code == 200
+        assert response.json()["predictions"] == pytest.approx(model.predict(rows).tolist(), rel=1e-12)
+        unseen = {**json_rows(rows)[0], "island": "Atlantis"}
+        refused = post(srv, "/predict", {"features": unseen})
+        assert refused.status_code == 400 and refused.json()["reason"] == "unknown_category"
+        assert "'island' has no category 'Atlantis'" in refused.json()["error"]
+        assert post(srv, "/predict_proba", {"features": json_rows(rows)[0]}).status_code == 400
+
+
+def test_a_model_saved_without_metadata_still_serves(bentoml_home):
+    model, frame = flipper_regressor()
+    bentoml.sklearn.save_model("bare_model", model)
+    # inferred from the estimator alone, every feature is a number or (from its encoder) a category
+    rows = frame.drop(columns=["flipper_length_mm"]).iloc[:10].astype({"tagged": int})
+    with Server(bentoml_home, env={"MODEL_TAG": "bare_model:latest"}) as srv:
+        response = post(srv, "/predict_batch", {"instances": json_rows(rows)})
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"] == pytest.approx(model.predict(rows).tolist(), rel=1e-12)
+        meta = requests.get(srv.url + "/metadata", timeout=10).json()
+        assert meta["input_schema"]["properties"]["island"]["enum"] == ["Biscoe", "Dream", "Torgersen", None]
