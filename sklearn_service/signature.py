@@ -60,7 +60,7 @@ class Signature:
         """From training or reference data (a DataFrame whose columns are the model's features)."""
         kinds = kinds or {}
         features = [_describe_column(str(name), X[name], kinds.get(str(name))) for name in X.columns]
-        return cls(features, task, _json_list(classes), takes_frame, _example_row(X),
+        return cls(features, task, _json_list(classes), takes_frame, _example_row(X, {f.name: f.kind for f in features}),
                    _target_stats(y, task, classes) if y is not None else None)
 
     @classmethod
@@ -154,7 +154,7 @@ class Signature:
                               ["string", "number"], "enum": list(f.categories)}
             else:
                 prop = {"type": {"number": "number", "integer": "integer", "boolean": "boolean"}[f.kind]}
-                if f.stats:
+                if f.stats and f.kind != "boolean":
                     prop["description"] = f"trained on {f.stats['min']:g} .. {f.stats['max']:g}"
             if f.nullable:
                 prop = {"anyOf": [prop, {"type": "null"}]} if "enum" not in prop else \
@@ -260,10 +260,13 @@ def _target_stats(y, task: str, classes) -> dict:
     return numeric_stats(np.asarray(y, dtype=float))
 
 
-def _example_row(X) -> dict:
+def _example_row(X, kinds: dict) -> dict:
+    """The first complete training row, as a client sends it (booleans true/false, whole numbers as such)."""
     complete = X.dropna()
     row = (complete if len(complete) else X).iloc[0]
-    return {str(k): _json_value(v) for k, v in row.items() if not _is_missing(v)}
+    convert = {"boolean": bool, "integer": int}
+    return {str(k): convert.get(kinds.get(str(k)), lambda v: v)(_json_value(v))
+            for k, v in row.items() if not _is_missing(v)}
 
 
 def _is_missing(value) -> bool:

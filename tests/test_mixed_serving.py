@@ -3,7 +3,9 @@ booleans and gaps, or brought by the user (.skops, .joblib); labels as trained; 
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import bentoml
 import joblib
@@ -154,3 +156,36 @@ def test_a_model_saved_without_metadata_still_serves(bentoml_home):
         assert response.json()["predictions"] == pytest.approx(model.predict(rows).tolist(), rel=1e-12)
         meta = requests.get(srv.url + "/metadata", timeout=10).json()
         assert meta["input_schema"]["properties"]["island"]["enum"] == ["Biscoe", "Dream", "Torgersen", None]
+
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make system-deps)")
+def test_swagger_page_shows_typed_features_and_its_example_request_succeeds(penguins_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 2000})
+        page.goto(penguins_server.url + "/")
+        operation = page.locator("#operations-Service_APIs-SklearnService__predict")
+        operation.locator(".opblock-summary").click()
+        request_body = operation.locator(".opblock-section-request-body")
+        request_body.get_by_text("Schema", exact=True).first.click()
+        schema = request_body.inner_text()
+        assert "island*" in schema and "[ Biscoe, Dream, Torgersen ]" in schema, schema
+        assert "tagged*\tboolean" in schema and "flipper_length_mm*\tinteger" in schema
+        operation.locator("button.try-out__btn").click()
+        sent = json.loads(operation.locator("textarea.body-param__text").input_value())
+        assert set(sent["features"]) == set(FEATURES) and isinstance(sent["features"]["tagged"], bool)
+        operation.locator("button.execute").click()
+        answer = operation.locator(".live-responses-table tbody .response-col_status").first
+        answer.wait_for(timeout=20_000)
+        assert answer.inner_text().strip() == "200"
+        body = json.loads(operation.locator(".live-responses-table .response-col_description pre").first.inner_text())
+        assert body["prediction"] in ("Adelie", "Chinstrap", "Gentoo")
+        page.screenshot(path=str(tmp_path / "swagger-try-it-out.png"))
+        browser.close()
