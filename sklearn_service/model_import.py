@@ -169,6 +169,7 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
             metrics = holdout_metrics(model, _model_input(model, X), y.to_numpy(), task)
         outcome = y if y is not None else pd.Series(predicted)
         signature = Signature.from_frame(X, task, classes, hasattr(model, "feature_names_in_"), kinds, y=outcome)
+        signature.add_known_categories(Signature.from_estimator(model))
         for feature in signature.features:
             if feature.is_category and _refuses_unseen(model, X, feature.name):
                 feature.unseen_categories = "refused"

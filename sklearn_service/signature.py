@@ -97,6 +97,15 @@ class Signature:
                        list(range(len(metadata["class_names"]))) if metadata.get("class_names") else None)
         return None
 
+    def add_known_categories(self, inferred: "Signature") -> None:
+        """Categories the model's encoders know but the reference rows lack (share 0): without
+        them such a value would be served as unseen, not as the model knows it."""
+        known = {f.name: f.categories for f in inferred.features if f.is_category}
+        for f in self.features:
+            extra = [c for c in known.get(f.name, []) if f.is_category and c not in f.categories]
+            f.categories = f.categories and [*f.categories, *extra]
+            f.category_shares = f.category_shares and [*f.category_shares, *[0.0] * len(extra)]
+
     def to_metadata(self) -> dict:
         """JSON-able, without None values (BentoML's model store refuses them)."""
         return _drop_none(asdict(self))

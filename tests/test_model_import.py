@@ -156,3 +156,17 @@ def test_regression_import_records_the_target_distribution(tmp_path, capsys):
     meta = bentoml.models.get("byo_regressor:latest").info.metadata
     assert meta["task"] == "regression" and meta["holdout_metrics"]["r2"] > 0
     assert Signature.from_metadata(meta).prediction_stats["bins"]
+
+
+def test_categories_the_encoder_knows_are_kept_when_the_reference_rows_lack_them(classifier, tmp_path, capsys):
+    X, y = penguin_frame(120, seed=5)
+    keep = X["island"] != "Torgersen"
+    reference = tmp_path / "no_torgersen.csv"
+    X[keep].assign(species=y[keep]).to_csv(reference, index=False)
+    path = tmp_path / "penguins.skops"
+    skops.io.dump(classifier, path)
+    assert run(["--import-model", str(path), "--reference-data", str(reference), "--target", "species",
+                "--name", "byo_partial"],
+               capsys)[0] == 0
+    island = Signature.from_metadata(bentoml.models.get("byo_partial:latest").info.metadata).features[0]
+    assert island.categories == ["Biscoe", "Dream", "Torgersen"] and island.category_shares[2] == 0.0
