@@ -82,10 +82,14 @@ def test_cors_is_off_by_default(server):
 
 
 def test_openapi_fuzzing_finds_no_server_errors(server, tmp_path):
+    fuzz_openapi(server.url, tmp_path)
+
+
+def fuzz_openapi(url: str, tmp_path: Path) -> None:
     """schemathesis generates requests from the service's own OpenAPI document (its CLI: the
     pytest plugin does not support this pytest)."""
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("schemathesis")), "run", server.url + "/docs.json",
+        [str(Path(sys.executable).with_name("schemathesis")), "run", url + "/docs.json",
          "--checks", "not_a_server_error", "--max-examples", "60", "--no-color", "--seed", "1"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache goes there
     assert result.returncode == 0, result.stdout[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import bentoml
 import joblib
@@ -14,9 +15,12 @@ import pandas as pd
 import pytest
 import requests
 import skops.io
+from hypothesis import given
+from hypothesis import strategies as st
 
 import train as train_cli
 from sklearn_service.training import load_csv_dataset
+from tests.test_hostile_input import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
 from tests.byo_models import flipper_regressor, penguin_classifier, penguin_frame
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
@@ -36,11 +40,15 @@ def post(server, path, payload):
 
 @pytest.fixture(scope="module")
 def penguins_server(bentoml_home, tmp_path_factory):
-    path = tmp_path_factory.mktemp("penguins") / "penguins.csv"
+    folder = tmp_path_factory.mktemp("penguins")
+    path = folder / "penguins.csv"
     frame = write_penguins_csv(path)
     assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
     model = bentoml.models.get("penguins:latest")
-    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag)}) as srv:
+    config = write_config(folder, lambda s: s["services"]["SklearnService"].update(monitoring={
+        "enabled": True, "type": "default", "options": {"log_path": str(folder / "payload")}}))
+    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag), "SERVICE_CONFIG": str(config)}) as srv:
+        srv.payload_logs = folder / "payload"
         srv.frame = frame
         srv.pipeline = bentoml.sklearn.load_model(model)
         srv.model_frame = load_csv_dataset(path, "species").X
@@ -87,6 +95,37 @@ def test_unseen_categories_are_answered_and_counted(penguins_server):
     after = scrape(penguins_server.url)
     assert delta(before, after, "ml_unseen_category_total", feature="island") == 1
     assert delta(before, after, "ml_unseen_category_total", feature="sex") == 0
+
+
+def test_payload_log_holds_rows_as_clients_sent_them(penguins_server):
+    row = {"island": "Atlantis", "bill_length_mm": None, "flipper_length_mm": 201, "sex": "female", "tagged": True}
+    label = post(penguins_server, "/predict", {"features": row}).json()["prediction"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for f in penguins_server.payload_logs.rglob("data.*.log") for line in
+                 f.read_text().splitlines()]
+        logged = [line for line in lines if line.get("island") == "<unseen>"]
+        if logged:
+            break
+        time.sleep(0.2)
+    assert logged, lines[-3:]
+    assert logged[-1]["bill_length_mm"] is None and logged[-1]["flipper_length_mm"] == 201.0
+    assert logged[-1]["sex"] == "female" and logged[-1]["prediction"] == label
+
+
+@HOSTILE
+@given(value=ANY_JSON, slot=st.sampled_from(FEATURES), batch=st.booleans())
+def test_any_value_in_any_feature_gets_an_answer_or_a_clear_4xx(penguins_server, value, slot, batch):
+    row = {"island": "Dream", "bill_length_mm": 40.0, "flipper_length_mm": 200, "sex": "male", "tagged": False,
+           slot: value}
+    payload = {"instances": [row, list(row.values())]} if batch else {"features": row}
+    body = json.dumps(payload)  # NaN and Infinity literals included
+    assert_clear_client_answer(requests.post(penguins_server.url + ("/predict_batch" if batch else "/predict"),
+                                             data=body, timeout=10, headers={"Content-Type": "application/json"}))
+
+
+def test_openapi_fuzzing_of_the_typed_schema_finds_no_server_errors(penguins_server, tmp_path):
+    fuzz_openapi(penguins_server.url, tmp_path)
 
 
 def test_openapi_describes_the_features_from_the_signature(penguins_server):
@@ -175,9 +214,15 @@ def test_swagger_page_shows_typed_features_and_its_example_request_succeeds(peng
         operation.locator(".opblock-summary").click()
         request_body = operation.locator(".opblock-section-request-body")
         request_body.get_by_text("Schema", exact=True).first.click()
+        collapsed = request_body.locator("button.model-box-control[aria-expanded=false]")
+        for _ in range(20):  # open the Features model, then each feature in it
+            if not collapsed.count():
+                break
+            collapsed.first.click()
         schema = request_body.inner_text()
         assert "island*" in schema and "[ Biscoe, Dream, Torgersen ]" in schema, schema
-        assert "tagged*\tboolean" in schema and "flipper_length_mm*\tinteger" in schema
+        assert "tagged*\tboolean" in schema and "integer" in schema.split("flipper_length_mm{")[1], schema
+        assert "sex\t" in schema and "sex*" not in schema  # may be missing: not required
         operation.locator("button.try-out__btn").click()
         sent = json.loads(operation.locator("textarea.body-param__text").input_value())
         assert set(sent["features"]) == set(FEATURES) and isinstance(sent["features"]["tagged"], bool)
