@@ -29,7 +29,9 @@ def row_type(signature: Signature):
                    "title": "Positional",
                    "description": "feature values in this order: " + ", ".join(signature.names),
                    "items": {"anyOf": [{"type": t} for t in ("number", "string", "boolean", "null")]}}
-    return t.Annotated[RawRow, WithJsonSchema({"anyOf": [named, by_position], "example": named.get("example")})]
+    # oneOf, not anyOf: BentoML flattens anyOf to its first branch in /schema.json, and its
+    # Python client would then reshape a positional row as an object.
+    return t.Annotated[RawRow, WithJsonSchema({"oneOf": [named, by_position], "example": named.get("example")})]
 
 
 class Prediction(BaseModel):

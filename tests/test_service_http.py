@@ -60,8 +60,10 @@ TWENTY_NINE = [1.0] * 29
 
 @pytest.mark.parametrize("path, payload, status, words", [
     ("/predict", {"features": TWENTY_NINE}, 400, "expected 30 features, got 29"),
-    ("/predict", {"features": [1.0] * 29 + ["x"]}, 400, "valid number"),
-    ("/predict", {"features": [1.0] * 29 + [True]}, 400, "valid number"),
+    ("/predict", {"features": [1.0] * 29 + ["x"]}, 400, "feature 'worst fractal dimension' must be a number, got a string"),
+    ("/predict", {"features": [1.0] * 29 + [True]}, 400, "must be a number, got a boolean"),
+    ("/predict", {"features": [1.0] * 29 + [None]}, 400, "may not be missing"),
+    ("/predict", {"features": [1.0] * 29 + [[1.0]]}, 400, "features"),
     ("/predict", {"features": {"mean radius": 1.0}}, 400, "missing 29 feature(s)"),
     ("/predict", {"features": {"nope": 1.0}}, 400, "unknown feature name(s): ['nope']"),
     ("/predict", {"wrong_key": []}, 400, "features"),
@@ -94,6 +96,8 @@ def test_malformed_json_is_a_400(server):
 def test_python_client(server, trained, cancer):
     with bentoml.SyncHTTPClient(server.url) as client:
         answer = client.predict(features=cancer["X"][0].tolist())
+        named = client.predict(features=dict(zip(cancer["names"], cancer["X"][0].tolist())))
         batch = client.predict_batch(instances=cancer["X"][:3].tolist())
+    assert named == answer
     assert answer["prediction"] == float(trained["pipeline"].predict(cancer["X"][:1])[0])
     assert batch["predictions"] == trained["pipeline"].predict(cancer["X"][:3]).astype(float).tolist()
