@@ -374,10 +374,17 @@ async def model_ready(request: Request) -> Response:
     service = _known_model(request)
     if service is None:
         return _unknown_model(request)
-    is_ready = getattr(service.runner, "is_ready", None)  # a runner in its own process: ask it
-    if is_ready is not None and not await is_ready(5):
+    if not await _runner_ready(service):
         return protocol_error(RequestError("not_ready", "the model runner is not ready", 503))
     return Response(status_code=200)
+
+
+async def _runner_ready(service) -> bool:
+    is_ready = getattr(service.runner, "is_ready", None)  # a runner in its own process: ask it, as /readyz does
+    try:
+        return is_ready is None or await is_ready(5)
+    except Exception:  # unreachable (restarting): not ready
+        return False
 
 
 async def infer(request: Request) -> Response:

@@ -4,7 +4,9 @@ mixed-type model by feature, errors in the protocol's form, auth, metrics and ho
 
 from __future__ import annotations
 
+import asyncio
 import json
+from types import SimpleNamespace
 
 import bentoml
 import numpy as np
@@ -17,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 import tests.test_hostile_input as hostile
 import train as train_cli
+from sklearn_service import open_inference
 from sklearn_service.training import load_csv_dataset
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
@@ -247,6 +250,23 @@ def test_v2_requests_count_in_the_service_metrics(server, model, cancer):
     assert delta(before, after, "ml_predictions_total", endpoint="/v2/infer", outcome="success") == 3
     assert delta(before, after, "ml_predictions_total", endpoint="/v2/infer", outcome="rejected") == 2
     assert delta(before, after, "ml_rejected_requests_total", endpoint="/v2/infer", reason="wrong_shape") == 1
+
+
+def test_row_and_body_limits_apply(server, model):
+    path = f"/v2/models/{model['name']}/infer"
+    too_many = v2(server, path, tensor([1001, 30], [ROW] * 1001))
+    assert too_many.status_code == 413 and "at most 1000" in too_many.json()["error"]
+    too_big = requests.post(server.url + path, data=b"[" * (9 * 2**20), timeout=30,
+                            headers={"Inference-Header-Content-Length": "1"})
+    assert too_big.status_code == 413
+
+
+def test_an_unreachable_runner_is_not_ready():
+    class Runner:
+        async def is_ready(self, timeout):
+            raise ConnectionError("refused")
+
+    assert asyncio.run(open_inference._runner_ready(SimpleNamespace(runner=Runner()))) is False
 
 
 @pytest.fixture(scope="module")
