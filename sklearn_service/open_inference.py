@@ -246,7 +246,8 @@ class Inference:
             if output.get("name") not in names:
                 raise RequestError("unknown_output", f"unknown output {str(output.get('name'))[:60]!r}; "
                                                      f"this model has: {', '.join(names)}")
-            chosen[output["name"]] = _parameters(output, f"output {output['name']!r}: ").get("binary_data", binary) is True
+            parameters = _parameters(output, f"output {output['name']!r}: ")
+            chosen[output["name"]] = parameters.get("binary_data", binary) is True
         return chosen
 
     def _one_tensor(self, tensors: list[Tensor]) -> list[list]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from types import SimpleNamespace
 
 import bentoml
@@ -20,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 import tests.test_hostile_input as hostile
 import train as train_cli
 from sklearn_service import open_inference
+from sklearn_service.errors import Overloaded, runner_failure
 from sklearn_service.training import load_csv_dataset
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
@@ -179,7 +181,8 @@ ROW = [1.0] * 30
     (tensor([1, 30], [None] * 30), "feature 'mean radius' may not be missing"),
     (tensor([1, 30], [1e300] * 30, datatype="FP32"), "not a finite number"),
     (tensor([0, 30], []), "at least one row"),
-    (tensor([1, 30], ROW, outputs=[{"name": "classes"}]), "unknown output 'classes'; this model has: predict, predict_proba"),
+    (tensor([1, 30], ROW, outputs=[{"name": "classes"}]),
+     "unknown output 'classes'; this model has: predict, predict_proba"),
     (tensor([1, 30], ROW, outputs="predict"), "outputs must be a list"),
     (tensor([1, 30], ROW, id=7), "id must be a string"),
     (tensor([1, 30], ROW, parameters=[]), "parameters must be an object"),
@@ -237,7 +240,9 @@ def test_binary_bytes_elements_are_checked(server, model):
 @given(value=hostile.ANY_JSON, field=st.sampled_from(["data", "shape", "datatype", "name", "parameters"]))
 def test_any_json_in_a_tensor_is_never_a_server_error(server, model, value, field):
     spec = {"name": "input-0", "shape": [1, 30], "datatype": "FP64", "data": ROW, field: value}
-    hostile.assert_clear_client_answer(v2(server, f"/v2/models/{model['name']}/infer", {"inputs": [spec]}))
+    body = json.dumps({"inputs": [spec]})  # NaN and Infinity literals included
+    hostile.assert_clear_client_answer(requests.post(server.url + f"/v2/models/{model['name']}/infer", data=body,
+                                                     headers={"Content-Type": "application/json"}, timeout=10))
 
 
 # ---- shared with the rest of the API: metrics, auth --------------------------------------------------
@@ -259,6 +264,12 @@ def test_row_and_body_limits_apply(server, model):
     too_big = requests.post(server.url + path, data=b"[" * (9 * 2**20), timeout=30,
                             headers={"Inference-Header-Content-Length": "1"})
     assert too_big.status_code == 413
+
+
+def test_runner_trouble_is_a_503_to_retry_in_the_protocol_form():
+    response = open_inference.protocol_error(runner_failure(Overloaded("busy"), logging.getLogger("test")))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert json.loads(response.body) == {"error": "the service is overloaded, retry shortly"}
 
 
 def test_an_unreachable_runner_is_not_ready():
