@@ -208,6 +208,8 @@ class Inference:
         self.service = service
         self.problem: RequestError | None = None
         self.claimed_rows = 0
+        self.id: str | None = None
+        self.outputs: dict[str, bool] = {}  # output name -> whether it goes back as binary data
         try:
             self.document, self.binary = split_body(headers, body)
             self.claimed_rows = _claimed_rows(self.document)
@@ -233,10 +235,9 @@ class Inference:
         return schema.matrix(rows, self.service.max_rows)
 
     def _outputs(self, requested, parameters: dict) -> dict[str, bool]:
-        """Output name -> whether it goes back as binary data."""
         available = model_outputs(self.service)
         binary = parameters.get("binary_data_output") is True
-        if requested is None:  # the protocol: no `outputs`, every output
+        if requested is None or requested == []:  # the protocol: none named, every output
             return {o["name"]: binary for o in available}
         names = [o["name"] for o in available]
         if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
@@ -295,16 +296,17 @@ class Inference:
         service = self.service
         predicted = np.argmax(out, axis=1) if out.ndim == 2 else out
         labels = predicted.tolist() if service.labels is None else [service.labels[int(i)] for i in predicted]
-        tensors = {"predict": (_datatype(labels) if service.labels else "FP64", [len(labels)], labels)}
+        tensors = {"predict": ([len(labels)], labels)}
         if out.ndim == 2:
-            tensors["predict_proba"] = ("FP64", list(out.shape), out.ravel().tolist())
+            tensors["predict_proba"] = (list(out.shape), out.ravel().tolist())
+        datatypes = {o["name"]: o["datatype"] for o in model_outputs(service)}
         name, version = model_tag(service)
         answer: dict[str, t.Any] = {"model_name": name, "model_version": version, "outputs": []}
         if self.id is not None:
             answer["id"] = self.id
         chunks = []
         for output, binary in self.outputs.items():
-            datatype, shape, data = tensors[output]
+            (shape, data), datatype = tensors[output], datatypes[output]
             tensor: dict[str, t.Any] = {"name": output, "datatype": datatype, "shape": shape}
             if binary:
                 chunks.append(_bytes_data(data) if datatype == "BYTES" else
