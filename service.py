@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import bentoml_fixes, config
+from sklearn_service import bentoml_fixes, config, open_inference
 from sklearn_service.coalescer import Coalescer
-from sklearn_service.errors import RequestError, error_response, runner_failure_response
+from sklearn_service.errors import RequestError, error_response, runner_failure
 from sklearn_service.metrics import ServiceMetrics
 from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
@@ -68,6 +68,7 @@ async def metadata(request: Request) -> JSONResponse:
 
 @bentoml.service(**config.service("SklearnService"))
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata)]), name="metadata")
+@bentoml.asgi_app(open_inference.app, name="open_inference")  # the V2 protocol beside the API
 class SklearnService:
     runner = bentoml.depends(ModelRunner)
 
@@ -136,24 +137,25 @@ class SklearnService:
     def _label(self, value: float):
         return value if self.labels is None else self.labels[int(value)]
 
-    async def _serve(self, endpoint: str, row_count: int, shape, call, respond):
-        """Validate, predict, record: the one path every prediction endpoint takes."""
+    async def _serve(self, endpoint: str, row_count: int, shape, call, respond, error=error_response):
+        """Validate, predict, record: the one path every prediction endpoint takes. `error`
+        renders a refusal in the endpoint's protocol."""
         start = time.perf_counter()
         try:
             rows = shape()
         except RequestError as exc:
             self.metrics.reject(endpoint, exc.reason, row_count)
-            return error_response(exc)
+            return error(exc)
         try:
             out = await call(rows)
         except Exception as exc:  # the runner failed or is unreachable: never the client's fault
             self.metrics.error(endpoint, len(rows))
-            return runner_failure_response(exc, logger)
+            return error(runner_failure(exc, logger))
         if np.isnan(out).any():  # rows the model raised on (see ServingModel): the request's own problem
             self.metrics.reject(endpoint, "model_refused_row", len(rows))
             failed = np.flatnonzero(np.isnan(out.reshape(len(rows), -1)).any(axis=1)).tolist()
-            return error_response(RequestError("model_refused_row", f"the model could not predict instance(s) "
-                                                                    f"{failed[:10]}; see the server log", 422))
+            return error(RequestError("model_refused_row", f"the model could not predict instance(s) "
+                                                           f"{failed[:10]}; see the server log", 422))
         predictions = out if out.ndim == 1 else np.argmax(out, axis=1)
         self.metrics.success(endpoint, rows, predictions, time.perf_counter() - start)
         self.payload_log.write(endpoint, rows, predictions)
@@ -161,5 +163,6 @@ class SklearnService:
 
 
 SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]))
+SklearnService.add_asgi_middleware(open_inference.HealthProbes)  # before ApiKeyAuth: probes stay open
 if api_key := os.environ.get("API_KEY") or APP["auth"]["api_key"]:
     SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key, protect_metrics=bool(APP["auth"]["protect_metrics"]))

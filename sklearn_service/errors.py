@@ -12,16 +12,18 @@ RETRY_AFTER_SECONDS = "1"
 
 
 class RequestError(Exception):
-    """A client mistake: `reason` is a short metric label, the message is for the client."""
+    """A request that gets no prediction: a client mistake (4xx) or runner trouble (5xx).
+    `reason` is a short metric label, the message is for the client."""
 
-    def __init__(self, reason: str, message: str, status: int = 400):
+    def __init__(self, reason: str, message: str, status: int = 400, headers: dict | None = None):
         super().__init__(message)
         self.reason = reason
         self.status = status
+        self.headers = headers
 
 
 def error_response(exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status)
+    return JSONResponse({"error": str(exc), "reason": exc.reason}, status_code=exc.status, headers=exc.headers)
 
 
 class Overloaded(Exception):
@@ -40,17 +42,15 @@ def runner_unavailable(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) in (429, 503, 504)
 
 
-def _retry_shortly(error: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": error, "reason": reason}, status_code=503,
-                        headers={"Retry-After": RETRY_AFTER_SECONDS})
+def _retry_shortly(error: str, reason: str) -> RequestError:
+    return RequestError(reason, error, 503, {"Retry-After": RETRY_AFTER_SECONDS})
 
 
-def runner_failure_response(exc: Exception, logger: logging.Logger) -> JSONResponse:
+def runner_failure(exc: Exception, logger: logging.Logger) -> RequestError:
     if isinstance(exc, Overloaded):
         return _retry_shortly("the service is overloaded, retry shortly", "overloaded")
     if runner_unavailable(exc):
         logger.warning("model runner unavailable: %r", exc)
         return _retry_shortly("the model is temporarily unavailable, retry shortly", "runner_unavailable")
     logger.exception("model runner failed")
-    return JSONResponse({"error": "the model failed to answer; see the server log", "reason": "runner_error"},
-                        status_code=500)
+    return RequestError("runner_error", "the model failed to answer; see the server log", 500)

@@ -59,3 +59,30 @@ def test_probes_security_and_grace_period_match_the_service():
 def test_podmonitor_scrapes_the_metrics_path():
     endpoint = RESOURCES["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
     assert RESOURCES["PodMonitor"]["apiVersion"] == "monitoring.coreos.com/v1" and endpoint["path"] == "/metrics"
+
+
+KSERVE = {doc["kind"]: doc for doc in (yaml.safe_load(p.read_text()) for p in sorted((K8S / "kserve").glob("*.yaml")))}
+
+
+def test_kserve_runtime_container_is_a_valid_pod_container():
+    """KServe's CRDs are not in the Kubernetes schemas: its container is checked as a Pod's."""
+    container = KSERVE["ServingRuntime"]["spec"]["containers"][0]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, "1.37.0", strict=True)
+    assert container["name"] == "kserve-container"  # the name KServe routes to
+    assert container["image"].split(":")[0] == KUSTOMIZATION["images"][0]["newName"]
+    port = container["ports"][0]["containerPort"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port}
+
+
+def test_inference_service_runs_the_runtime_on_the_v2_protocol():
+    runtime, service = KSERVE["ServingRuntime"], KSERVE["InferenceService"]
+    assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1" and "v2" in runtime["spec"]["protocolVersions"]
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    env = {e["name"]: e for e in model["env"] + runtime["spec"]["containers"][0]["env"]}
+    assert {"MODEL_TAG", "API_KEY"} <= env.keys()
+    assert set(KSERVE) == {"ServingRuntime", "InferenceService"}

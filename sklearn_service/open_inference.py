@@ -1,0 +1,425 @@
+"""The Open Inference Protocol ("V2" of KServe, Triton and Seldon MLServer) beside the service's own API.
+
+An inference request carries either one [N, F] tensor of feature values in
+signature order, or one [N] (or [N, 1]) tensor per feature named as in the
+signature (the "pandas codec" style of MLServer's and KServe's clients, BYTES
+for strings). Either becomes the rows RowEncoder validates, and the request then
+takes the API's own path (SklearnService._serve): the same per-feature errors,
+coalescing, limits and metrics. Errors answer in the protocol's form, {"error": ...}.
+
+Triton's binary tensor extension, which tritonclient uses by default, is spoken
+too: the body is a JSON header `Inference-Header-Content-Length` bytes long
+followed by the raw tensors, each input's `parameters.binary_data_size` bytes;
+outputs come back the same way when asked for with `binary_data` (per output) or
+`binary_data_output` (whole request). BYTES elements are a 4-byte little-endian
+length and the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import typing as t
+from dataclasses import dataclass
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sklearn_service.errors import RequestError
+
+ENDPOINT = "/v2/infer"  # the metrics label of every V2 inference request
+HEADER_LENGTH = "Inference-Header-Content-Length"
+NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+           "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+           "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+DATATYPES = [*NUMERIC, "BYTES"]
+NONE = type(None)
+# JSON values each datatype takes; null is a missing value (validation decides whether that is allowed)
+JSON_TYPES = {**{d: {int, NONE} for d in NUMERIC if "INT" in d}, "BOOL": {bool, NONE}, "BYTES": {str, NONE},
+              "FP16": {int, float, NONE}, "FP32": {int, float, NONE}, "FP64": {int, float, NONE}}
+TENSOR_NAME = "input-0"  # what metadata calls the [N, F] tensor; any name not a feature's is taken
+FEATURE_DATATYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL"}
+
+
+def protocol_error(exc: RequestError) -> JSONResponse:
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
+
+
+def _datatype(values: list) -> str:
+    """The datatype a list of labels travels as: strings as BYTES, booleans as BOOL, numbers as FP64."""
+    if all(isinstance(v, bool) for v in values):
+        return "BOOL"
+    return "FP64" if all(isinstance(v, (int, float)) for v in values) else "BYTES"
+
+
+# ---- reading a request ------------------------------------------------------------------------
+
+@dataclass
+class Tensor:
+    name: str
+    shape: list[int]
+    values: list
+
+
+class Binary:
+    """The raw bytes after the JSON header, handed out in input order."""
+
+    def __init__(self, data: bytes):
+        self.data, self.offset = data, 0
+
+    def take(self, size, where: str) -> bytes:
+        left = len(self.data) - self.offset
+        if type(size) is not int or not 0 <= size <= left:
+            raise RequestError("bad_binary_data", f"{where}binary_data_size must be a whole number of bytes "
+                                                  f"that the body still holds ({left}), got {size!r}")
+        self.offset += size
+        return self.data[self.offset - size:self.offset]
+
+    def check_used(self) -> None:
+        if self.offset != len(self.data):
+            raise RequestError("bad_binary_data", f"{len(self.data) - self.offset} bytes after the JSON header "
+                                                  "belong to no input's binary_data_size")
+
+
+def split_body(headers, body: bytes) -> tuple[dict, Binary]:
+    """The JSON document and the binary tensor data after it (none without the header)."""
+    length = headers.get(HEADER_LENGTH)
+    if length is not None:
+        if not length.isdigit() or int(length) > len(body):
+            raise RequestError("bad_binary_data", f"{HEADER_LENGTH} must be the JSON header's length within "
+                                                  f"the {len(body)}-byte body, got {length!r}")
+        body, binary = body[:int(length)], body[int(length):]
+    else:
+        binary = b""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RequestError("invalid_json", f"the request is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(document, dict):
+        raise RequestError("invalid_request", "the request must be a JSON object with `inputs`")
+    return document, Binary(binary)
+
+
+def _parameters(spec: dict, where: str) -> dict:
+    parameters = spec.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise RequestError("invalid_request", f"{where}parameters must be an object")
+    return parameters
+
+
+def read_input(spec, binary: Binary) -> Tensor:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise RequestError("invalid_request", "each of `inputs` must be an object with a string `name`")
+    where = f"input {spec['name']!r}: "
+    datatype, shape = spec.get("datatype"), spec.get("shape")
+    if datatype not in DATATYPES:
+        raise RequestError("wrong_datatype", f"{where}unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or \
+            not all(type(d) is int and d >= 0 for d in shape):
+        raise RequestError("wrong_shape", f"{where}shape must be [N, features] or [N] with whole numbers "
+                                          f"0 or more, got {str(shape)[:60]}")
+    count = math.prod(shape)
+    size = _parameters(spec, where).get("binary_data_size")
+    if size is not None:
+        values = _from_binary(binary.take(size, where), datatype, count, where)
+    else:
+        values = _from_json(spec.get("data"), datatype, len(shape), count, where)
+    return Tensor(spec["name"], shape, values)
+
+
+def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list:
+    if not isinstance(data, list):
+        raise RequestError("wrong_data", f"{where}data must be a list (flat or nested as the shape), "
+                                         f"got {type(data).__name__}")
+    for _ in range(ndim - 1):  # nested rows, flattened in row-major order
+        nested = [isinstance(v, list) for v in data]
+        if not any(nested):
+            break
+        if not all(nested):
+            raise RequestError("wrong_data", f"{where}data mixes lists and values")
+        data = [v for row in data for v in row]
+    if len(data) != count:
+        raise RequestError("wrong_shape", f"{where}data holds {len(data)} values, its shape needs {count}")
+    allowed = JSON_TYPES[datatype]
+    wrong = next((v for v in data if type(v) not in allowed), None)
+    if wrong is not None:
+        raise RequestError("wrong_datatype", f"{where}{datatype} data cannot hold {str(json.dumps(wrong))[:40]}")
+    if datatype == "BYTES":
+        return data
+    present = [v for v in data if v is not None]
+    try:  # as the declared type: FP32 rounds, out-of-range integers are refused
+        cast = iter(np.array(present, dtype=NUMERIC[datatype]).tolist())
+    except (OverflowError, ValueError) as exc:
+        raise RequestError("wrong_datatype", f"{where}values do not fit {datatype}: {exc}") from None
+    return [None if v is None else next(cast) for v in data]
+
+
+def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list:
+    if datatype == "BYTES":
+        return _bytes_elements(raw, count, where)
+    dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
+    if len(raw) != count * dtype.itemsize:
+        raise RequestError("wrong_shape", f"{where}{len(raw)} bytes of {datatype} data, its shape needs "
+                                          f"{count} x {dtype.itemsize}")
+    return np.frombuffer(raw, dtype=dtype).tolist()
+
+
+def _bytes_elements(raw: bytes, count: int, where: str) -> list[str]:
+    values, offset = [], 0
+    while offset < len(raw):
+        size = int.from_bytes(raw[offset:offset + 4], "little")
+        if offset + 4 > len(raw) or offset + 4 + size > len(raw):
+            raise RequestError("bad_binary_data", f"{where}BYTES element {len(values)} runs past its data")
+        try:
+            values.append(raw[offset + 4:offset + 4 + size].decode())
+        except UnicodeDecodeError:
+            raise RequestError("wrong_datatype", f"{where}BYTES element {len(values)} is not UTF-8 text") from None
+        offset += 4 + size
+    if len(values) != count:
+        raise RequestError("wrong_shape", f"{where}{len(values)} BYTES elements, its shape needs {count}")
+    return values
+
+
+def _bytes_data(values: list) -> bytes:
+    encoded = [str(v).encode() for v in values]
+    return b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
+
+
+def _claimed_rows(document: dict) -> int:
+    """Rows the request says it carries, for the metrics of a refused one; 0 when unreadable."""
+    try:
+        rows = document["inputs"][0]["shape"][0]
+    except (KeyError, IndexError, TypeError):
+        return 0
+    return rows if type(rows) is int and rows >= 0 else 0
+
+
+# ---- one inference ------------------------------------------------------------------------------
+
+class Inference:
+    """One V2 inference request against the running SklearnService: `rows` validates it (inside
+    _serve, so a refusal is counted like any other), `call` and `respond` predict and answer."""
+
+    def __init__(self, service, headers, body: bytes):
+        self.service = service
+        self.problem: RequestError | None = None
+        self.claimed_rows = 0
+        self.id: str | None = None
+        self.outputs: dict[str, bool] = {}  # output name -> whether it goes back as binary data
+        try:
+            self.document, self.binary = split_body(headers, body)
+            self.claimed_rows = _claimed_rows(self.document)
+        except RequestError as exc:
+            self.problem = exc
+
+    def rows(self) -> np.ndarray:
+        if self.problem:
+            raise self.problem
+        document = self.document
+        self.id = document.get("id")
+        if self.id is not None and not isinstance(self.id, str):
+            raise RequestError("invalid_request", "id must be a string")
+        self.outputs = self._outputs(document.get("outputs"), _parameters(document, ""))
+        inputs = document.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError("invalid_request", "inputs must be a non-empty list of tensors")
+        tensors = [read_input(spec, self.binary) for spec in inputs]
+        self.binary.check_used()
+        schema = self.service.schema
+        by_feature = any(tensor.name in schema.index for tensor in tensors)
+        rows = self._by_feature(tensors) if by_feature else self._one_tensor(tensors)
+        return schema.matrix(rows, self.service.max_rows)
+
+    def _outputs(self, requested, parameters: dict) -> dict[str, bool]:
+        available = model_outputs(self.service)
+        binary = parameters.get("binary_data_output") is True
+        if requested is None or requested == []:  # the protocol: none named, every output
+            return {o["name"]: binary for o in available}
+        names = [o["name"] for o in available]
+        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+            raise RequestError("invalid_request", "outputs must be a list of objects with a `name`")
+        chosen = {}
+        for output in requested:
+            if output.get("name") not in names:
+                raise RequestError("unknown_output", f"unknown output {str(output.get('name'))[:60]!r}; "
+                                                     f"this model has: {', '.join(names)}")
+            parameters = _parameters(output, f"output {output['name']!r}: ")
+            chosen[output["name"]] = parameters.get("binary_data", binary) is True
+        return chosen
+
+    def _one_tensor(self, tensors: list[Tensor]) -> list[list]:
+        width = len(self.service.schema.names)
+        if len(tensors) != 1:
+            raise RequestError("wrong_inputs", f"send one [N, {width}] tensor or one input per feature named as "
+                                               f"the model's features; got {len(tensors)} inputs named "
+                                               f"{[t.name for t in tensors][:5]}")
+        tensor = tensors[0]
+        if len(tensor.shape) != 2 or tensor.shape[1] != width:
+            raise RequestError("wrong_shape", f"input {tensor.name!r}: shape must be [N, {width}] (rows, features), "
+                                              f"got {tensor.shape}")
+        values = tensor.values
+        return [values[i:i + width] for i in range(0, len(values), width)]
+
+    def _by_feature(self, tensors: list[Tensor]) -> list[list]:
+        schema = self.service.schema
+        columns: dict[str, list] = {}
+        for tensor in tensors:
+            if tensor.name not in schema.index:
+                raise RequestError("unknown_feature", f"input {tensor.name!r} is not a feature of this model; "
+                                                      f"features: {schema.names[:10]}")
+            if tensor.name in columns:
+                raise RequestError("wrong_inputs", f"input {tensor.name!r} appears twice")
+            if len(tensor.shape) == 2 and tensor.shape[1] != 1:
+                raise RequestError("wrong_shape", f"input {tensor.name!r}: one feature's shape is [N] or [N, 1], "
+                                                  f"got {tensor.shape}")
+            columns[tensor.name] = tensor.values
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise RequestError("wrong_shape", f"inputs hold different numbers of rows: {lengths}")
+        missing = [f.name for f in schema.features if f.name not in columns and not f.nullable]
+        if missing:
+            raise RequestError("missing_feature", f"missing input(s) for feature(s) {missing[:5]}")
+        rows = next(iter(lengths.values()))
+        absent = [None] * rows  # features that may be missing and were left out
+        return [list(row) for row in zip(*(columns.get(name, absent) for name in schema.names))]
+
+    async def call(self, rows: np.ndarray) -> np.ndarray:
+        # with probabilities asked for, `predict` is their most likely class, as /predict_proba answers
+        coalescer = self.service._predict_proba if "predict_proba" in self.outputs else self.service._predict
+        return await coalescer(rows)
+
+    def respond(self, out: np.ndarray) -> Response:
+        service = self.service
+        predicted = np.argmax(out, axis=1) if out.ndim == 2 else out
+        labels = predicted.tolist() if service.labels is None else [service.labels[int(i)] for i in predicted]
+        tensors = {"predict": ([len(labels)], labels)}
+        if out.ndim == 2:
+            tensors["predict_proba"] = (list(out.shape), out.ravel().tolist())
+        datatypes = {o["name"]: o["datatype"] for o in model_outputs(service)}
+        name, version = model_tag(service)
+        answer: dict[str, t.Any] = {"model_name": name, "model_version": version, "outputs": []}
+        if self.id is not None:
+            answer["id"] = self.id
+        chunks = []
+        for output, binary in self.outputs.items():
+            (shape, data), datatype = tensors[output], datatypes[output]
+            tensor: dict[str, t.Any] = {"name": output, "datatype": datatype, "shape": shape}
+            if binary:
+                chunks.append(_bytes_data(data) if datatype == "BYTES" else
+                              np.asarray(data, dtype=np.dtype(NUMERIC[datatype]).newbyteorder("<")).tobytes())
+                tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+            else:
+                tensor["data"] = data
+            answer["outputs"].append(tensor)
+        if not chunks:
+            return JSONResponse(answer)
+        header = json.dumps(answer).encode()
+        return Response(header + b"".join(chunks), media_type="application/octet-stream",
+                        headers={HEADER_LENGTH: str(len(header))})
+
+
+# ---- metadata -----------------------------------------------------------------------------------
+
+def model_tag(service) -> tuple[str, str]:
+    name, _, version = service.metadata["tag"].partition(":")
+    return name, version
+
+
+def model_inputs(service) -> list[dict]:
+    """Numbers-only models: one [N, F] tensor; others: one input per feature (either form is taken)."""
+    signature = service.schema.signature
+    if signature.numeric_only:
+        return [{"name": TENSOR_NAME, "datatype": "FP64", "shape": [-1, len(signature.features)]}]
+    return [{"name": f.name, "datatype": _datatype(f.categories) if f.is_category else FEATURE_DATATYPES[f.kind],
+             "shape": [-1]} for f in signature.features]
+
+
+def model_outputs(service) -> list[dict]:
+    if service.labels is None:
+        return [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
+    return [{"name": "predict", "datatype": _datatype(service.labels), "shape": [-1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(service.labels)]}]
+
+
+def _known_model(request: Request):
+    """The service when the path names its model (and version), else None."""
+    service = bentoml.get_current_service()
+    name, version = model_tag(service)
+    asked = request.path_params
+    return service if asked["name"] == name and asked.get("version", version) == version else None
+
+
+def _unknown_model(request: Request) -> JSONResponse:
+    asked = request.path_params
+    version = f" version {asked['version']!r}" if "version" in asked else ""
+    return protocol_error(RequestError("unknown_model", f"no model {asked['name']!r}{version} here", 404))
+
+
+async def server_metadata(request: Request) -> JSONResponse:
+    return JSONResponse({"name": "sklearn-service", "version": bentoml.__version__,
+                         "extensions": ["binary_tensor_data"]})
+
+
+async def model_metadata(request: Request) -> JSONResponse:
+    service = _known_model(request)
+    if service is None:
+        return _unknown_model(request)
+    name, version = model_tag(service)
+    return JSONResponse({"name": name, "versions": [version], "platform": "scikit-learn",
+                         "inputs": model_inputs(service), "outputs": model_outputs(service)})
+
+
+async def model_ready(request: Request) -> Response:
+    service = _known_model(request)
+    if service is None:
+        return _unknown_model(request)
+    if not await _runner_ready(service):
+        return protocol_error(RequestError("not_ready", "the model runner is not ready", 503))
+    return Response(status_code=200)
+
+
+async def _runner_ready(service) -> bool:
+    is_ready = getattr(service.runner, "is_ready", None)  # a runner in its own process: ask it, as /readyz does
+    try:
+        return is_ready is None or await is_ready(5)
+    except Exception:  # unreachable (restarting): not ready
+        return False
+
+
+async def infer(request: Request) -> Response:
+    service = _known_model(request)
+    if service is None:
+        return _unknown_model(request)
+    inference = Inference(service, request.headers, await request.body())
+    return await service._serve(ENDPOINT, inference.claimed_rows, inference.rows, inference.call,
+                                inference.respond, error=protocol_error)
+
+
+MODEL = "/v2/models/{name}"
+VERSION = "/v2/models/{name}/versions/{version}"
+app = Starlette(routes=[
+    Route("/v2", server_metadata),
+    *[Route(path, model_metadata) for path in (MODEL, VERSION)],
+    *[Route(path + "/ready", model_ready) for path in (MODEL, VERSION)],
+    *[Route(path + "/infer", infer, methods=["POST"]) for path in (MODEL, VERSION)],
+])
+
+
+class HealthProbes:
+    """ASGI middleware: /v2/health/live and /v2/health/ready are the service's own /livez and
+    /readyz (runner alive, runner ready), and like them open without an API key, for probes."""
+
+    ALIASES = {"/v2/health/live": "/livez", "/v2/health/ready": "/readyz"}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in self.ALIASES:
+            path = self.ALIASES[scope["path"]]
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        return await self.app(scope, receive, send)
