@@ -18,8 +18,8 @@ from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingClas
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor
 
 FORESTS = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
-# a category value outside [0, 256) reads an all-zero bitset word: neither left nor known
-NO_CATEGORY = 256
+# HistGradientBoosting's categories are bytes; slot 256 stands for NaN and any value outside [0, 256)
+CATEGORY_SLOTS = 257
 
 
 class PackedTrees:
@@ -27,8 +27,8 @@ class PackedTrees:
 
     def __init__(self, trees: list[dict]):
         """trees: per tree, node arrays `left`, `right` (-1 at leaves), `feature`, `threshold`,
-        `missing_go_to_left`, and optionally `category_bits`: (nodes, 9) uint32 bitsets of the
-        categories sent left and right at categorical nodes (all-zero rows elsewhere)."""
+        `missing_go_to_left`, and optionally `is_categorical` with `category_left`: for each
+        categorical node, whether each category slot goes left."""
         sizes = np.array([len(tree["left"]) for tree in trees])
         self.roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         nodes = np.arange(sizes.sum())
@@ -44,40 +44,38 @@ class PackedTrees:
         self.threshold = joined("threshold")
         self.missing_left = joined("missing_go_to_left").astype(bool)
         self.depth = max(tree["depth"] for tree in trees)
-        self.categorical = None
-        if any("category_bits" in tree for tree in trees):
-            self.categorical = joined("is_categorical").astype(bool)
-            self.left_bits, self.right_bits = (joined(bits) for bits in ("left_bits", "right_bits"))
+        self.category_row = None  # node -> its row in category_left; 0 for numeric nodes
+        if "is_categorical" in trees[0]:
+            categorical = joined("is_categorical")
+            self.category_row = np.where(categorical, np.cumsum(categorical), 0)
+            self.category_left = np.concatenate([np.zeros((1, CATEGORY_SLOTS), bool), joined("category_left")])
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """Leaf node of every (tree, row): shape (trees, rows)."""
         flat, row_start = X.ravel(), np.arange(len(X)) * X.shape[1]
-        careful = self.categorical is not None or np.isnan(flat).any()
+        has_nan = np.isnan(flat).any()
+        if self.category_row is not None:
+            # the byte a categorical node reads: C truncation of the value, as scikit-learn casts it
+            slots = np.where((flat >= 0) & (flat < CATEGORY_SLOTS - 1), flat, CATEGORY_SLOTS - 1).astype(np.intp)
         node = np.repeat(self.roots[:, None], len(X), axis=1)
         for _ in range(self.depth):
-            x = flat[row_start + self.feature[node]]
+            at = row_start + self.feature[node]
+            x = flat[at]
             go_left = x <= self.threshold[node]
-            if careful:
+            if has_nan:
                 go_left = np.where(np.isnan(x), self.missing_left[node], go_left)
-                if self.categorical is not None:
-                    go_left = np.where(self.categorical[node], self._categorical_left(x, node), go_left)
+            if self.category_row is not None:
+                row = self.category_row[node]
+                go_left = np.where(row > 0, self.category_left[row, slots[at]], go_left)
             node = self.children[node, go_left.view(np.uint8)]
         return node
 
-    def _categorical_left(self, x, node):
-        """HistGradientBoosting's rule: left set -> left, other known category -> right, else as missing."""
-        value = np.where((x >= 0) & (x < NO_CATEGORY), x, NO_CATEGORY).astype(np.intp)  # NaN included
-        word, bit = value >> 5, (value & 31).astype(np.uint32)
-        in_left = (self.left_bits[node, word] >> bit) & 1
-        in_right = (self.right_bits[node, word] >> bit) & 1
-        return (in_left == 1) | ((in_right == 0) & self.missing_left[node])
-
 
 def sum_in_order(start: np.ndarray, terms: np.ndarray) -> np.ndarray:
-    """start + terms[0] + terms[1] + ..., one term at a time like scikit-learn's loops.
+    """start + terms[0] + terms[1] + ..., one term at a time like scikit-learn's loops, C-ordered.
 
     np.add.reduce may sum pairwise (it does for a single row), which rounds differently."""
-    return np.add.accumulate(np.concatenate([start[None], terms]), axis=0)[-1]
+    return np.ascontiguousarray(np.add.accumulate(np.concatenate([start[None], terms]), axis=0)[-1])
 
 
 def float32_input(X: np.ndarray, allow_nan: bool) -> np.ndarray:
@@ -168,7 +166,7 @@ class CompiledHistGradientBoosting(_Boosting):
         self.start = model._baseline_prediction.ravel()
         self.n_outputs = model.n_trees_per_iteration_
         self.encode = _category_encoding(model)
-        known = bitsets_of_known_categories(model)
+        known = _known_categories(model)
         trees = [_hist_tree(predictor, known) for iteration in model._predictors for predictor in iteration]
         self.trees = PackedTrees(trees)
         self.values = np.concatenate([tree["values"] for tree in trees])
@@ -189,12 +187,18 @@ class CompiledHistGradientBoosting(_Boosting):
         return self.model.classes_[encoded]
 
 
-def bitsets_of_known_categories(model) -> np.ndarray | None:
-    """(features, 9) bitsets of the categories each categorical feature saw in training, as predict builds them."""
+def _bits(bitsets: np.ndarray) -> np.ndarray:
+    """(rows, 8) uint32 bitsets -> (rows, 256) bools, as sklearn.utils._bitset reads them."""
+    values = np.arange(CATEGORY_SLOTS - 1)
+    return ((bitsets[:, values >> 5] >> (values & 31).astype(np.uint32)) & 1).astype(bool)
+
+
+def _known_categories(model) -> np.ndarray | None:
+    """(features, 256) bools: the categories each categorical feature saw in training, as predict builds them."""
     if model.is_categorical_ is None:
         return None
     known, feature_to_row = model._bin_mapper.make_known_categories_bitsets()
-    return np.pad(known, ((0, 0), (0, 1)))[feature_to_row]
+    return _bits(known)[feature_to_row]
 
 
 def _hist_tree(predictor, known) -> dict:
@@ -204,11 +208,12 @@ def _hist_tree(predictor, known) -> dict:
             "threshold": nodes["num_threshold"], "missing_go_to_left": nodes["missing_go_to_left"],
             "depth": int(nodes["depth"].max()), "values": nodes["value"]}
     if known is not None:
+        # left set -> left; another known category -> right; unknown, negative or NaN -> as missing
         categorical = nodes["is_categorical"].astype(bool)
-        left = np.zeros((len(nodes), 9), dtype=np.uint32)
-        left[categorical, :8] = predictor.raw_left_cat_bitsets[nodes["bitset_idx"][categorical]]
-        tree.update(category_bits=True, is_categorical=categorical, left_bits=left,
-                    right_bits=np.where(categorical[:, None], known[tree["feature"]] & ~left, 0).astype(np.uint32))
+        in_left = _bits(predictor.raw_left_cat_bitsets[nodes["bitset_idx"][categorical]])
+        as_missing = nodes["missing_go_to_left"][categorical].astype(bool)[:, None]
+        go_left = in_left | (~known[tree["feature"][categorical]] & as_missing)
+        tree.update(is_categorical=categorical, category_left=np.hstack([go_left, as_missing]))
     return tree
 
 

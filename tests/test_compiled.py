@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, make_classification
 from sklearn.ensemble import ExtraTreesClassifier, GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
@@ -227,6 +227,17 @@ def test_numeric_regressors_match_one_row_at_a_time(make):
     X_train, X_test, y_train, _ = split(load_diabetes)
     pipeline = make().fit(X_train, y_train)
     assert_same_answers(pipeline, compile_pipeline(pipeline), X_test, lambda rows: rows)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: HistGradientBoostingClassifier(max_iter=10, random_state=0),
+    lambda: GradientBoostingClassifier(n_estimators=10, random_state=0),
+])
+def test_many_classes_match(make):
+    """Ten classes: softmax sums eight or more scores per row, where the memory layout changes the rounding."""
+    X, y = make_classification(n_samples=800, n_features=12, n_informative=10, n_classes=10, random_state=0)
+    model = make().fit(X[:600], y[:600])
+    assert_same_answers(model, compile_pipeline(model), X[600:], lambda rows: rows)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
