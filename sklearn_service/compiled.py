@@ -36,8 +36,8 @@ def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list |
     """None for a numeric column, its category values for a categorical one (see compiled_preprocessing)."""
     kinds = [None] * n_features
     for column, values in (categories or {}).items():
-        if any(value is None or is_scalar_nan(value) for value in values):
-            return None  # such a category would read as missing in scikit-learn
+        if not 0 <= column < n_features or any(value is None or is_scalar_nan(value) for value in values):
+            return None  # no such column, or a category that scikit-learn would read as missing
         kinds[column] = tuple(values)
     return kinds
 

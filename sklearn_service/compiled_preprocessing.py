@@ -108,8 +108,9 @@ def _encoder_is_exact(step, kinds) -> bool:
 
 
 def _one_hot(step: OneHotEncoder, kinds) -> Compiled:
-    if not _encoder_is_exact(step, kinds) or step.handle_unknown != "ignore" or step.drop_idx_ is not None \
-            or step.sparse_output:
+    # "infrequent_if_exist" without infrequent categories ignores unknowns too
+    ignores_unknown = step.handle_unknown in ("ignore", "infrequent_if_exist")
+    if not _encoder_is_exact(step, kinds) or not ignores_unknown or step.drop_idx_ is not None or step.sparse_output:
         return None
     offsets = np.cumsum([0] + [len(c) for c in step.categories_])
     column = CodeTable.from_positions(kinds, step, lambda j, p, missing: offsets[j] + p if p >= 0 else -1, np.intp)

@@ -137,7 +137,7 @@ class CompiledGradientBoosting(_Boosting):
         n_features = model.n_features_in_
         with warnings.catch_warnings():  # a model fitted on a DataFrame warns about the nameless row
             warnings.simplefilter("ignore")
-            # the init estimator is a constant (checked by `compile_estimator`): its raw score for one row is every row's
+            # the init estimator is constant (checked by `compile_estimator`): its score for one row is every row's
             self.start = model._raw_predict_init(np.zeros((1, n_features), dtype=np.float32))[0]
         self.n_outputs = model.estimators_.shape[1]
         trees = [_sklearn_tree(e.tree_, model.learning_rate * e.tree_.value[:, 0, 0]) for e in model.estimators_.ravel()]
@@ -244,9 +244,12 @@ def compile_estimator(model):
     if isinstance(model, FORESTS) and model.n_outputs_ == 1:
         return CompiledForest(model)
     if isinstance(model, (GradientBoostingClassifier, GradientBoostingRegressor)):
-        if model.init_ == "zero" or isinstance(model.init_, (DummyClassifier, DummyRegressor)):
-            return CompiledGradientBoosting(model)
-        return None
+        constant_start = model.init_ == "zero" or isinstance(model.init_, DummyRegressor) or (
+            isinstance(model.init_, DummyClassifier) and model.init_.strategy in ("prior", "most_frequent", "constant"))
+        return CompiledGradientBoosting(model) if constant_start else None
     if isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor)):
+        encoder = model._preprocessor and model._preprocessor.named_transformers_["encoder"]
+        if encoder and any(np.asarray(c).dtype.kind != "f" for c in encoder.categories_):
+            return None  # categories from a DataFrame's strings: not numbers in the serving matrix
         return CompiledHistGradientBoosting(model)
     return None

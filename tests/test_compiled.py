@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, make_classification
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import ExtraTreesClassifier, GradientBoostingClassifier, GradientBoostingRegressor
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
@@ -254,6 +255,7 @@ def test_gradient_boosting_refuses_what_sklearn_refuses(bad):
 @pytest.mark.parametrize("make", [
     lambda: make_pipeline(SimpleImputer(add_indicator=True), GradientBoostingClassifier(n_estimators=5)),
     lambda: KNeighborsClassifier(),
+    lambda: GradientBoostingClassifier(n_estimators=5, init=DummyClassifier(strategy="stratified")),  # random start
 ])
 def test_unsupported_pipelines_are_left_to_sklearn(make):
     X_train, X_test, y_train, _ = split(load_breast_cancer)
@@ -278,6 +280,14 @@ def test_unsupported_category_handling_is_left_to_sklearn(categorical):
     if categorical == "passthrough":
         pipeline.steps.insert(1, ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)))
     assert compile_pipeline(pipeline.fit(X_train, y_train), category_lists(X_train)) is None
+
+
+def test_string_categories_without_category_lists_are_left_to_sklearn():
+    X_train, _, y_train, _ = mixed_frame(load_breast_cancer, 6)
+    X_train = X_train.astype({"level": "category", "colour": "category"})
+    model = HistGradientBoostingClassifier(max_iter=5, categorical_features="from_dtype").fit(X_train, y_train)
+    assert compile_pipeline(model) is None
+    assert compile_pipeline(model, {9: ["a"]}) is None  # no such column
 
 
 def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkeypatch):
