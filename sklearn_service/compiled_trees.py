@@ -140,7 +140,8 @@ class CompiledGradientBoosting(_Boosting):
             # the init estimator is constant (checked by `compile_estimator`): its score for one row is every row's
             self.start = model._raw_predict_init(np.zeros((1, n_features), dtype=np.float32))[0]
         self.n_outputs = model.estimators_.shape[1]
-        trees = [_sklearn_tree(e.tree_, model.learning_rate * e.tree_.value[:, 0, 0]) for e in model.estimators_.ravel()]
+        # each stage adds learning_rate * leaf value, the product scikit-learn computes
+        trees = [_sklearn_tree(e.tree_, model.learning_rate * e.tree_.value[:, 0, 0]) for e in model.estimators_.flat]
         self.trees = PackedTrees(trees)
         self.values = np.concatenate([tree["values"] for tree in trees])
 
@@ -161,11 +162,11 @@ class CompiledGradientBoosting(_Boosting):
 
 
 class CompiledHistGradientBoosting(_Boosting):
-    def __init__(self, model):
+    def __init__(self, model, encode):
         self.model = model
         self.start = model._baseline_prediction.ravel()
         self.n_outputs = model.n_trees_per_iteration_
-        self.encode = _category_encoding(model)
+        self.encode = encode  # the model's own category encoding
         known = _known_categories(model)
         trees = [_hist_tree(predictor, known) for iteration in model._predictors for predictor in iteration]
         self.trees = PackedTrees(trees)
@@ -217,15 +218,19 @@ def _hist_tree(predictor, known) -> dict:
     return tree
 
 
-def _category_encoding(model):
+def _numeric_categories(model) -> list[np.ndarray] | None:
+    """The categories of HistGradientBoosting's own OrdinalEncoder, without NaN; None unless all are numbers."""
+    categories = model._preprocessor.named_transformers_["encoder"].categories_
+    if any(np.asarray(c).dtype.kind != "f" for c in categories):
+        return None  # strings from a DataFrame: not numbers in the serving matrix
+    categories = [c[~np.isnan(c)] for c in categories]  # missing stays NaN: encoded_missing_value is NaN
+    return categories if all(len(c) for c in categories) else None
+
+
+def _category_encoding(model, known: list[np.ndarray]):
     """HistGradientBoosting's own OrdinalEncoder step: categorical columns first, as codes; the rest after."""
-    if model._preprocessor is None:
-        return lambda X: X
     categorical = np.flatnonzero(model.is_categorical_)
     numeric = np.flatnonzero(~model.is_categorical_)
-    encoder = model._preprocessor.named_transformers_["encoder"]
-    known = [np.asarray(c, dtype=np.float64) for c in encoder.categories_]
-    known = [c[~np.isnan(c)] for c in known]  # missing stays NaN: encoded_missing_value is NaN
 
     def encode(X):
         codes = X[:, categorical]
@@ -248,8 +253,8 @@ def compile_estimator(model):
             isinstance(model.init_, DummyClassifier) and model.init_.strategy in ("prior", "most_frequent", "constant"))
         return CompiledGradientBoosting(model) if constant_start else None
     if isinstance(model, (HistGradientBoostingClassifier, HistGradientBoostingRegressor)):
-        encoder = model._preprocessor and model._preprocessor.named_transformers_["encoder"]
-        if encoder and any(np.asarray(c).dtype.kind != "f" for c in encoder.categories_):
-            return None  # categories from a DataFrame's strings: not numbers in the serving matrix
-        return CompiledHistGradientBoosting(model)
+        if model._preprocessor is None:
+            return CompiledHistGradientBoosting(model, lambda X: X)
+        categories = _numeric_categories(model)
+        return CompiledHistGradientBoosting(model, _category_encoding(model, categories)) if categories else None
     return None
