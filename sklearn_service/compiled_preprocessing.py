@@ -45,25 +45,21 @@ def _position(categories) -> Callable:
 
 
 class CodeTable:
-    """Per-column lookup from code to an output number.
+    """Per-column lookup from code to an encoder's output number, built from
+    number(column, position of the value in encoder.categories_[column] or -1, whether it is missing).
 
-    Column j's entries: slot 0 for unseen (-1), 1..K for codes 0..K-1, K+1 for missing."""
+    Column j's slots: 0 for unseen (-1), 1..K for codes 0..K-1, K+1 for missing."""
 
-    def __init__(self, entries: list[np.ndarray]):
-        sizes = np.array([len(entry) for entry in entries])
-        self.base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self.missing_slot = sizes - 1
-        self.table = np.concatenate(entries)
-
-    @classmethod
-    def from_positions(cls, kinds, encoder, number, dtype) -> "CodeTable":
-        """entries from number(j, position of the value in encoder.categories_[j] or -1, value is missing)."""
+    def __init__(self, kinds, encoder, number: Callable, dtype):
         entries = []
         for j, (kind, categories) in enumerate(zip(kinds, encoder.categories_)):
             position = _position(categories)
             slots = [(-1, False)] + [(position(value), False) for value in kind] + [(position(np.nan), True)]
             entries.append(np.array([number(j, p, missing) for p, missing in slots], dtype=dtype))
-        return cls(entries)
+        sizes = np.array([len(entry) for entry in entries])
+        self.base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.missing_slot = sizes - 1
+        self.table = np.concatenate(entries)
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
         slot = np.where(np.isnan(codes), self.missing_slot, codes + 1).astype(np.intp)
@@ -113,7 +109,7 @@ def _one_hot(step: OneHotEncoder, kinds) -> Compiled:
     if not _encoder_is_exact(step, kinds) or not ignores_unknown or step.drop_idx_ is not None or step.sparse_output:
         return None
     offsets = np.cumsum([0] + [len(c) for c in step.categories_])
-    column = CodeTable.from_positions(kinds, step, lambda j, p, missing: offsets[j] + p if p >= 0 else -1, np.intp)
+    column = CodeTable(kinds, step, lambda j, p, missing: offsets[j] + p if p >= 0 else -1, np.intp)
 
     def one_hot(X):
         hot = column(X)
@@ -132,12 +128,12 @@ def _ordinal(step: OrdinalEncoder, kinds) -> Compiled:
         if missing and position >= 0:
             return step.encoded_missing_value
         return position if position >= 0 else step.unknown_value
-    return CodeTable.from_positions(kinds, step, number, np.float64), [None] * len(kinds)
+    return CodeTable(kinds, step, number, np.float64), [None] * len(kinds)
 
 
 def _is_passthrough(step) -> bool:
-    # ColumnTransformer stores "passthrough" as an identity FunctionTransformer
-    return step == "passthrough" or (isinstance(step, FunctionTransformer) and step.func is None)
+    # ColumnTransformer stores "passthrough" as an identity FunctionTransformer (validate=True would refuse NaN)
+    return step == "passthrough" or (isinstance(step, FunctionTransformer) and step.func is None and not step.validate)
 
 
 def _column_transformer(ct: ColumnTransformer, kinds) -> Compiled:
@@ -151,8 +147,8 @@ def _column_transformer(ct: ColumnTransformer, kinds) -> Compiled:
             return None
         parts.append((compiled[0], columns))
         out_kinds += compiled[1]
-    if not _numeric(out_kinds):
-        return None  # categorical values would make scikit-learn's output an object array
+    if not parts or not _numeric(out_kinds):
+        return None  # nothing selected, or categorical values that make scikit-learn's output an object array
     return (lambda X: np.hstack([transform(X[:, columns]) for transform, columns in parts])), out_kinds
 
 
@@ -166,10 +162,10 @@ def _pipeline(pipeline: Pipeline, kinds) -> Compiled:
             return None
         transform, kinds = compiled
         transforms.append(transform)
-    return chain(transforms), kinds
+    return _chain(transforms), kinds
 
 
-def chain(transforms: list[Transform]) -> Transform:
+def _chain(transforms: list[Transform]) -> Transform:
     def run(X):
         for transform in transforms:
             X = transform(X)

@@ -255,7 +255,7 @@ def test_gradient_boosting_refuses_what_sklearn_refuses(bad):
 @pytest.mark.parametrize("make", [
     lambda: make_pipeline(SimpleImputer(add_indicator=True), GradientBoostingClassifier(n_estimators=5)),
     lambda: KNeighborsClassifier(),
-    lambda: GradientBoostingClassifier(n_estimators=5, init=DummyClassifier(strategy="stratified")),  # random start
+    lambda: GradientBoostingClassifier(n_estimators=5, init=DummyClassifier(strategy="stratified", random_state=0)),  # random start
 ])
 def test_unsupported_pipelines_are_left_to_sklearn(make):
     X_train, X_test, y_train, _ = split(load_breast_cancer)
