@@ -46,7 +46,7 @@ def mixed_frame(loader, n_numeric: int):
     frame["colour"] = pd.Series(rng.choice(["red", "green", "blue"], len(frame)), dtype=object)
     for column in frame.columns:
         frame.loc[rng.random(len(frame)) < 0.05, column] = np.nan
-    target = data.target_names[data.target] if hasattr(data, "target_names") and loader is load_iris else data.target
+    target = data.target_names[data.target] if loader is load_iris else data.target  # iris: string class labels
     return train_test_split(frame, target, test_size=0.3, random_state=0)
 
 
@@ -255,7 +255,7 @@ def test_gradient_boosting_refuses_what_sklearn_refuses(bad):
 @pytest.mark.parametrize("make", [
     lambda: make_pipeline(SimpleImputer(add_indicator=True), GradientBoostingClassifier(n_estimators=5)),
     lambda: KNeighborsClassifier(),
-    lambda: GradientBoostingClassifier(n_estimators=5, init=DummyClassifier(strategy="stratified", random_state=0)),  # random start
+    lambda: GradientBoostingClassifier(n_estimators=5, init=DummyClassifier(strategy="stratified", random_state=0)),
 ])
 def test_unsupported_pipelines_are_left_to_sklearn(make):
     X_train, X_test, y_train, _ = split(load_breast_cancer)
