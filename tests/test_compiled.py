@@ -314,7 +314,7 @@ def per_call_ms(predict, X, calls: int = 30) -> float:
     return 1000 * float(np.median(times))
 
 
-@pytest.mark.parametrize("model", ["forest", "hist"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_print_compiled_and_sklearn_call_times(model):
     """Printed, not asserted (pytest -s): the median time of one call of 1 and 64 rows."""
     pipeline, X_test, _ = fitted_mixed_pipeline("binary", model)
