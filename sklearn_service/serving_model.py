@@ -33,7 +33,7 @@ def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndar
             column = rng.uniform(f.stats["min"], f.stats["max"], count)
         else:
             column = rng.normal(size=count)
-        if f.nullable:
+        if f.nullable and (f.stats or f.is_category):  # gaps seen in training data, not merely allowed
             column[rng.random(count) < 0.1] = np.nan
         columns.append(column)
     return np.stack(columns, axis=1)
@@ -44,7 +44,7 @@ class ServingModel:
         self.pipeline = pipeline
         self.signature = signature
         self.classes = getattr(pipeline, "classes_", None)
-        self.compiled = compile_pipeline(pipeline) if compiled else None
+        self.compiled = compile_pipeline(pipeline, signature.category_columns()) if compiled else None
         if self.compiled is not None and not self._agrees(probe_rows(signature)):
             logger.warning("compiled model disagrees with scikit-learn on probe rows; serving with scikit-learn")
             self.compiled = None
@@ -52,8 +52,11 @@ class ServingModel:
 
     def _agrees(self, rows: np.ndarray) -> bool:
         method = "predict_proba" if hasattr(self.pipeline, "predict_proba") else "predict"
-        expected = getattr(self.pipeline, method)(self.signature.to_model_input(rows))
-        return np.array_equal(getattr(self.compiled, method)(rows), expected)
+        try:
+            expected = getattr(self.pipeline, method)(self.signature.to_model_input(rows))
+            return np.array_equal(getattr(self.compiled, method)(rows), expected)
+        except Exception:  # e.g. NaN that this model refuses: no evidence of agreement
+            return False
 
     def _run(self, method: str, rows: np.ndarray) -> np.ndarray:
         if self.compiled is not None and len(rows) <= COMPILED_MAX_ROWS:

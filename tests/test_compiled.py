@@ -23,6 +23,7 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn_service import serving_model
 from sklearn_service.compiled import compile_pipeline
 from sklearn_service.serving_model import ServingModel
+from sklearn_service.signature import Signature
 from sklearn_service.training import load_default_dataset, train
 
 UNSEEN = "<unseen>"  # what the serving side decodes code -1 to: in no encoder's categories
@@ -261,7 +262,7 @@ def test_unsupported_pipelines_are_left_to_sklearn(make):
     X_train, X_test, y_train, _ = split(load_breast_cancer)
     pipeline = make().fit(X_train, y_train)
     assert compile_pipeline(pipeline) is None
-    model = ServingModel(pipeline, probe=X_test)
+    model = ServingModel(pipeline, Signature.from_estimator(pipeline))
     assert model.compiled is None
     np.testing.assert_array_equal(model.predict(X_test), pipeline.predict(X_test))
 
@@ -291,18 +292,40 @@ def test_string_categories_without_category_lists_are_left_to_sklearn():
 
 
 def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkeypatch):
-    pipeline = train(load_default_dataset()).pipeline
-    model = ServingModel(pipeline, probe=serving_model.probe_rows(train(load_default_dataset()).metadata["feature_stats"]))
-    assert model._for(np.zeros((serving_model.COMPILED_MAX_ROWS, 30))) is model.compiled
-    assert model._for(np.zeros((serving_model.COMPILED_MAX_ROWS + 1, 30))) is pipeline
+    result = train(load_default_dataset())
+    model = ServingModel(result.pipeline, result.signature)
+    assert model.compiled is not None
+    used = []
+    monkeypatch.setattr(model.pipeline, "predict", lambda X: used.append("sklearn") or np.zeros(len(X), int))
+    monkeypatch.setattr(model.compiled, "predict", lambda X: used.append("compiled") or np.zeros(len(X), int))
+    model.predict(np.zeros((serving_model.COMPILED_MAX_ROWS, 30)))
+    model.predict(np.zeros((serving_model.COMPILED_MAX_ROWS + 1, 30)))
+    assert used == ["compiled", "sklearn"]
 
     class Wrong:
         def predict_proba(self, X):
             return np.zeros((len(X), 2))
 
     monkeypatch.setattr(serving_model, "compile_pipeline", lambda *args, **kwargs: Wrong())
-    assert ServingModel(pipeline, probe=np.ones((4, 30))).compiled is None
-    assert ServingModel(pipeline, compiled=False).compiled is None
+    assert ServingModel(result.pipeline, result.signature).compiled is None
+    assert ServingModel(result.pipeline, result.signature, compiled=False).compiled is None
+
+
+def test_serving_model_compiles_mixed_pipelines_trained_here():
+    from tests.mixed_data import penguins
+    from sklearn_service.training import Dataset, prepare_features
+
+    frame = penguins(300)
+    X, kinds, _ = prepare_features(frame.drop(columns=["species"]))
+    for kind in ("random_forest", "hist_gradient_boosting", "gradient_boosting"):
+        result = train(Dataset(X, frame["species"].astype(object), "penguins", kinds), kind=kind)
+        model = ServingModel(result.pipeline, result.signature)
+        assert model.compiled is not None, kind
+        rows = serving_model.probe_rows(result.signature, 64, seed=3)
+        expected = result.pipeline.predict_proba(result.signature.to_model_input(rows))
+        np.testing.assert_array_equal(model.predict_proba(rows), expected)
+        labels = result.pipeline.predict(result.signature.to_model_input(rows))
+        np.testing.assert_array_equal(np.asarray(result.pipeline.classes_)[model.predict(rows).astype(int)], labels)
 
 
 def per_call_ms(predict, X, calls: int = 30) -> float:
