@@ -4,7 +4,7 @@
 
 The summary (printed; `summarize` returns it) has one line per feature and one for the prediction:
 PSI on the same training bins the live gauges use (drift.py), and a two-sample test against the
-model's reference sample (Kolmogorov-Smirnov for numbers, chi-squared for categories and classes)
+model's reference sample (Kolmogorov-Smirnov for numbers, chi-squared for categories, booleans, classes)
 with its p-value. "drifted" means PSI > 0.2, the alert's threshold, so report and alert agree;
 p-values shrink toward 0 on large logs even for harmless shifts, so they inform, they do not decide.
 
@@ -95,7 +95,8 @@ def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFra
     psi = bins.psi(cur_counts)
     lines = []
     for j, (name, source) in enumerate(zip(bins.names, bins.sources)):
-        by_category = signature.classes is not None if source is None else signature.features[source].is_category
+        by_category = signature.classes is not None if source is None else \
+            signature.features[source].is_category or signature.features[source].kind == "boolean"
         segment = (bins.column == j) & bins.counted
         values = (ref_counts[segment], cur_counts[segment]) if by_category else \
             ((ref_y, cur_y) if source is None else (ref_rows[:, source], cur_rows[:, source]))
