@@ -25,9 +25,10 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# --no-compile: byte-compiling its ~1 GB takes as long as installing it; what the report imports compiles on use
 $(REPORT_VENV)/.installed: requirements-report.txt
 	$(PYTHON) -m venv $(REPORT_VENV)
-	$(REPORT_VENV)/bin/pip install --quiet -r requirements-report.txt
+	$(REPORT_VENV)/bin/pip install --quiet --no-compile -r requirements-report.txt
 	touch $@
 
 install: $(VENV)/.installed
