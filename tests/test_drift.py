@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
+from sklearn_service import config
 from sklearn_service.drift import EPSILON, Bins, DriftMonitor
 from sklearn_service.signature import Signature
 from sklearn_service.validation import RowEncoder
@@ -27,13 +28,9 @@ def encoded(signature: Signature, frame: pd.DataFrame) -> tuple[np.ndarray, np.n
     return RowEncoder(signature).matrix(rows, len(rows)), classes
 
 
-def monitor(signature, **kwargs) -> DriftMonitor:
+def monitor(signature, registry=None, **kwargs) -> DriftMonitor:
     return DriftMonitor(signature, **{"window_rows": 1000, "min_rows": 100, **kwargs},
-                        registry=CollectorRegistry(), start=False)
-
-
-def gauges(m: DriftMonitor) -> dict:
-    return {name: gauge._value.get() for name, gauge in zip(m.bins.names, m._gauges)}
+                        registry=registry or CollectorRegistry(), start=False)
 
 
 def test_psi_is_the_textbook_formula_on_the_training_bins(signature):
@@ -52,7 +49,8 @@ def test_psi_is_the_textbook_formula_on_the_training_bins(signature):
 
 
 def test_only_the_shifted_feature_and_the_changed_category_drift(signature):
-    m = monitor(signature)
+    registry = CollectorRegistry()
+    m = monitor(signature, registry)
     same = penguins(1000, seed=2)
     m.observe(*encoded(signature, same))
     m.publish()
@@ -65,7 +63,10 @@ def test_only_the_shifted_feature_and_the_changed_category_drift(signature):
     m.publish()
     psi = m.psi()
     assert {name for name, value in psi.items() if value > 0.2} == {"bill_length_mm", "island"}, psi
-    assert gauges(m) == pytest.approx(psi) and m._window_rows._value.get() == 1000
+    published = {f: registry.get_sample_value("ml_feature_drift_psi", {"feature": f}) for f in FEATURES}
+    assert published == pytest.approx({f: psi[f] for f in FEATURES})
+    assert registry.get_sample_value("ml_prediction_drift_psi") == pytest.approx(psi["prediction"])
+    assert registry.get_sample_value("ml_drift_window_rows") == 1000
 
 
 def test_an_unseen_category_is_a_bin_of_its_own(signature):
@@ -101,3 +102,15 @@ def test_every_series_exists_at_zero_from_start_up(signature):
     samples = {(s.name, tuple(s.labels.values())): s.value for family in registry.collect() for s in family.samples}
     assert samples == {("ml_feature_drift_psi", (f,)): 0 for f in FEATURES} | {
         ("ml_prediction_drift_psi", ()): 0, ("ml_drift_window_rows", ()): 0}
+
+
+def test_drift_settings_a_file_leaves_out_fall_back_to_the_defaults(tmp_path, monkeypatch):
+    path = tmp_path / "partial.yaml"
+    path.write_text("app:\n  drift:\n    enabled: false\n")
+    monkeypatch.setenv("SERVICE_CONFIG", str(path))
+    config.load.cache_clear()
+    try:
+        settings = config.app()["drift"]
+    finally:
+        config.load.cache_clear()
+    assert settings == {**config.APP_DEFAULTS["drift"], "enabled": False}
