@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sklearn_service import config
 from sklearn_service.drift import EPSILON, Bins, DriftMonitor
 from sklearn_service.signature import Signature
 from sklearn_service.validation import RowEncoder
@@ -103,14 +102,3 @@ def test_every_series_exists_at_zero_from_start_up(signature):
     assert samples == {("ml_feature_drift_psi", (f,)): 0 for f in FEATURES} | {
         ("ml_prediction_drift_psi", ()): 0, ("ml_drift_window_rows", ()): 0}
 
-
-def test_drift_settings_a_file_leaves_out_fall_back_to_the_defaults(tmp_path, monkeypatch):
-    path = tmp_path / "partial.yaml"
-    path.write_text("app:\n  drift:\n    enabled: false\n")
-    monkeypatch.setenv("SERVICE_CONFIG", str(path))
-    config.load.cache_clear()
-    try:
-        settings = config.app()["drift"]
-    finally:
-        config.load.cache_clear()
-    assert settings == {**config.APP_DEFAULTS["drift"], "enabled": False}
