@@ -2,11 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Evidently (it needs pandas 2) for the drift report's HTML, kept apart from the service's environment
+REPORT_VENV := .venv-report
+LOG ?= payload_logs
+MODEL ?= $(MODEL_NAME):latest
+OUT ?= drift.html
 PORT ?= 3000
 MODEL_NAME ?= sklearn_model
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test install install-dev system-deps train build bench clean
+.PHONY: serve test install install-dev system-deps train build bench clean report-env drift-report
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +25,15 @@ $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# --no-compile: byte-compiling its ~1 GB takes as long as installing it; what the report imports compiles on use
+$(REPORT_VENV)/.installed: requirements-report.txt
+	$(PYTHON) -m venv $(REPORT_VENV)
+	$(REPORT_VENV)/bin/pip install --quiet --no-compile -r requirements-report.txt
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+report-env: $(REPORT_VENV)/.installed
 
 system-deps:  ## Debian packages the tests and the benchmark use
 	bash scripts/install-system-deps.sh
@@ -32,14 +44,17 @@ train: install  ## trains the default model unless the store already has one
 serve: train  ## http://localhost:$(PORT)
 	$(BIN)/bentoml serve service:SklearnService --port $(PORT)
 
-test: install-dev system-deps
+test: install-dev system-deps report-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 build: train
 	$(BIN)/bentoml build
 
+drift-report: install report-env  ## payload log vs training: make drift-report LOG=payload_logs MODEL=name:version
+	$(BIN)/python -m sklearn_service.drift_report --log $(LOG) --model $(MODEL) --out $(OUT)
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(REPORT_VENV) .pytest_cache test-artifacts
 
 bench: install-dev system-deps  ## side-by-side benchmark; writes bench/results/latest.*
 	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -85,7 +85,8 @@ class SklearnService:
                          "feature_names": SIGNATURE.names, "classes": SIGNATURE.classes,
                          "input_schema": SIGNATURE.json_schema(), "signature": SIGNATURE.to_metadata(),
                          **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
-        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], SIGNATURE, model_kind)
+        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], SIGNATURE, model_kind,
+                                      drift=APP["drift"])
         monitoring = config.service("SklearnService").get("monitoring", {})
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), SIGNATURE)
         limits = dict(max_rows=self.max_rows, max_waiting_rows=int(APP["max_queued_rows"]),

@@ -20,6 +20,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configuration.yaml"
 APP_DEFAULTS = {"max_batch_rows": 1000, "compiled_trees": True, "max_queued_rows": 16384,
                 "runner_stall_seconds": 1.0, "runner_dead_seconds": 30, "max_body_bytes": 8 * 2**20,
                 "unknown_categories": "accept",
+                "drift": {"enabled": True, "window_rows": 10000, "window_minutes": 60, "min_rows": 500},
                 "auth": {"api_key": None, "protect_metrics": False}}
 
 
@@ -46,4 +47,5 @@ def batching(name: str) -> dict:
 def app() -> dict:
     """This project's settings: the file's `app:` section over APP_DEFAULTS."""
     section = load().get("app") or {}
-    return {**APP_DEFAULTS, **section, "auth": {**APP_DEFAULTS["auth"], **(section.get("auth") or {})}}
+    nested = {key: {**APP_DEFAULTS[key], **(section.get(key) or {})} for key in ("auth", "drift")}
+    return {**APP_DEFAULTS, **section, **nested}

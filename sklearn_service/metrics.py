@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sklearn_service.drift import DriftMonitor
 from sklearn_service.signature import UNSEEN_CODE, Signature
 
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.
@@ -19,7 +20,7 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServiceMetrics:
-    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str):
+    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None):
         from prometheus_client import Counter, Gauge, Histogram
 
         self.tag = tag
@@ -52,9 +53,20 @@ class ServiceMetrics:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
                                                   or Histogram.DEFAULT_BUCKETS))
+        # series for every known feature and class exist from start-up, at 0 (no "no data" after a restart)
+        for name in self.feature_names:
+            self.out_of_range.labels(name)
+        for column in self.category_columns:
+            self.unseen.labels(self.feature_names[column])
+        for name in self.class_names or []:
+            self.classes.labels(tag, name)
         info = Gauge("ml_model_info", "The model being served (value 1)", ["model_tag", "task", "model_kind", "created"],
                      multiprocess_mode="livemax")
         info.labels(tag, signature.task, model_kind, created).set(1)
+        # app.drift in configuration.yaml; off: not even the series exist
+        self.drift = None
+        if drift and drift["enabled"]:
+            self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"])
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
         self.predictions.labels(endpoint, self.tag, "success").inc(len(rows))
@@ -67,6 +79,8 @@ class ServiceMetrics:
             for column, count in zip(self.category_columns, unseen.tolist()):
                 if count:
                     self.unseen.labels(self.feature_names[column]).inc(count)
+        if self.drift is not None:
+            self.drift.observe(rows, predictions)
         if self.class_names is not None:
             indices, counts = np.unique(predictions.astype(int), return_counts=True)
             for index, count in zip(indices, counts):

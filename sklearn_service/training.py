@@ -260,13 +260,14 @@ def save_to_store(model, metadata: dict, name: str, reference: pd.DataFrame | No
     saved = bentoml.sklearn.save_model(
         name, model, signatures=signatures, metadata=metadata,
         labels={"task": metadata["task"], "kind": metadata["model_kind"], **(labels or {})})
+    stored = bentoml.models.get(saved.tag)  # `saved` still points at the temporary folder it was built in
     try:
         if reference is not None:
-            reference.to_csv(Path(saved.path) / REFERENCE_FILE, index=False)
+            reference.to_csv(Path(stored.path) / REFERENCE_FILE, index=False)
     except BaseException:
         bentoml.models.delete(saved.tag)
         raise
-    return saved
+    return stored
 
 
 def save_result(result: TrainingResult, name: str):

@@ -3,6 +3,8 @@ numbers, missing values (as empty cells, NA, null) and a string target, generate
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -38,3 +40,10 @@ def write_penguins_csv(path, rows: int = 300, seed: int = 0) -> pd.DataFrame:
         lines[i] = lines[i].replace(",,", ",null,", 1)
     path.write_text("\n".join(lines) + "\n")
     return frame
+
+
+def json_rows(frame: pd.DataFrame) -> list[dict]:
+    """Rows as a client sends them: NaN as null, numpy scalars as JSON values."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) or v is None else
+                 v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+            for row in frame.to_dict(orient="records")]

@@ -41,7 +41,7 @@ def test_changed_values_change_the_served_behaviour(tmp_path, bentoml_home, trai
 
 def test_settings_a_file_leaves_out_fall_back_to_the_defaults(tmp_path, monkeypatch):
     path = tmp_path / "partial.yaml"
-    path.write_text("app:\n  max_batch_rows: 7\n  auth:\n    protect_metrics: true\n")
+    path.write_text("app:\n  max_batch_rows: 7\n  auth:\n    protect_metrics: true\n  drift:\n    enabled: false\n")
     monkeypatch.setenv("SERVICE_CONFIG", str(path))
     config.load.cache_clear()
     try:
@@ -50,6 +50,7 @@ def test_settings_a_file_leaves_out_fall_back_to_the_defaults(tmp_path, monkeypa
         config.load.cache_clear()
     assert settings["max_batch_rows"] == 7 and settings["max_queued_rows"] == config.APP_DEFAULTS["max_queued_rows"]
     assert settings["auth"] == {"api_key": None, "protect_metrics": True}
+    assert settings["drift"] == {**config.APP_DEFAULTS["drift"], "enabled": False}
 
 
 def test_the_shipped_file_states_the_same_defaults_the_code_falls_back_to():

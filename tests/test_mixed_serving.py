@@ -4,14 +4,11 @@ booleans and gaps, or brought by the user (.skops, .joblib); labels as trained; 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 
 import bentoml
 import joblib
-import numpy as np
-import pandas as pd
 import pytest
 import requests
 import skops.io
@@ -22,16 +19,9 @@ import train as train_cli
 from sklearn_service.training import load_csv_dataset
 from tests.test_hostile_input import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
 from tests.byo_models import flipper_regressor, penguin_classifier, penguin_frame
-from tests.mixed_data import FEATURES, write_penguins_csv
+from tests.mixed_data import FEATURES, json_rows, write_penguins_csv
 from tests.prometheus_text import delta, scrape
 from tests.serving import Server, write_config
-
-
-def json_rows(frame: pd.DataFrame) -> list[dict]:
-    """Rows as a client sends them: NaN as null, numpy scalars as JSON values."""
-    return [{k: (None if isinstance(v, float) and math.isnan(v) or v is None else
-                 v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-            for row in frame.to_dict(orient="records")]
 
 
 def post(server, path, payload):

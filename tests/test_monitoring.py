@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
@@ -38,7 +40,7 @@ def test_rules_and_config_are_valid_and_the_rule_unit_tests_pass():
 def queried_metrics() -> dict[str, set[str]]:
     """Metric names each monitoring file queries (our ml_* and BentoML's bentoml_*)."""
     dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    exprs = {"dashboard": [t["expr"] for p in dashboard["panels"] for t in p["targets"]],
+    exprs = {"dashboard": [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])],
              "alerts": [r["expr"] for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"]
                         for r in g["rules"]]}
     return {source: {SUFFIXES.sub("", name) for e in found for name in re.findall(r"\b((?:ml|bentoml)_\w+)", e)}
@@ -88,39 +90,45 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -
     return value
 
 
+@contextmanager
+def prometheus(tmp_path: Path, service: Server, rules: Path = MONITORING / "alerts.yml"):
+    """A real Prometheus that scrapes `service` and evaluates `rules` every second; yields its URL."""
+    scrape_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    scrape_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    scrape_config["rule_files"] = [str(rules)]
+    job = next(j for j in scrape_config["scrape_configs"] if j["job_name"] == "sklearn-service")
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
+    scrape_config["scrape_configs"] = [job]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
+    port = free_port()
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
 @needs_prometheus
 def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, bentoml_home, trained, cancer):
     sent = 150
-    with Server(bentoml_home) as service:
-        scrape_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-        scrape_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        scrape_config["rule_files"] = [str(MONITORING / "alerts.yml")]
-        job = next(j for j in scrape_config["scrape_configs"] if j["job_name"] == "sklearn-service")
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
-        scrape_config["scrape_configs"] = [job]
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
-        port = free_port()
-        prometheus = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
-        url = f"http://127.0.0.1:{port}"
+    with Server(bentoml_home) as service, prometheus(tmp_path, service) as url:
         query = 'sum(ml_predictions_total{job="sklearn-service", endpoint="/predict", outcome="success"})'
-        try:
-            # one request first, so Prometheus holds a sample from before the rest arrive: rate() needs both
-            for batch in (range(1), range(1, sent)):
-                for i in batch:
-                    assert requests.post(service.url + "/predict", json={"features": cancer["X"][i].tolist()},
-                                         timeout=10).ok
-                assert wait_for_value(url, query, batch.stop) == batch.stop, \
-                    (tmp_path / "prometheus.log").read_text()[-2000:]
-            time.sleep(2.5)  # a few more scrapes so rate() has samples to work with
-            p99 = prometheus_query(url, 'histogram_quantile(0.99, sum by (le) '
-                                        '(rate(ml_prediction_latency_seconds_bucket{endpoint="/predict"}[1m])))')
-            assert 0 < float(p99[0]["value"][1]) < 1.0
-            assert prometheus_query(url, 'up{job="sklearn-service"}')[0]["value"][1] == "1"
-            rules = requests.get(url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
-            assert {r["name"] for r in rules} >= {"SklearnServiceDown", "SklearnServiceFeatureDrift"}
-        finally:
-            prometheus.terminate()
-            prometheus.wait(20)
+        # one request first, so Prometheus holds a sample from before the rest arrive: rate() needs both
+        for batch in (range(1), range(1, sent)):
+            for i in batch:
+                assert requests.post(service.url + "/predict", json={"features": cancer["X"][i].tolist()},
+                                     timeout=10).ok
+            assert wait_for_value(url, query, batch.stop) == batch.stop, \
+                (tmp_path / "prometheus.log").read_text()[-2000:]
+        time.sleep(2.5)  # a few more scrapes so rate() has samples to work with
+        p99 = prometheus_query(url, 'histogram_quantile(0.99, sum by (le) '
+                                    '(rate(ml_prediction_latency_seconds_bucket{endpoint="/predict"}[1m])))')
+        assert 0 < float(p99[0]["value"][1]) < 1.0
+        assert prometheus_query(url, 'up{job="sklearn-service"}')[0]["value"][1] == "1"
+        rules = requests.get(url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
+        assert {r["name"] for r in rules} >= {"SklearnServiceDown", "SklearnServiceFeatureDrift",
+                                              "SklearnServiceDataDrift", "SklearnServicePredictionDrift"}

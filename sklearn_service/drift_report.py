@@ -1,0 +1,177 @@
+"""Offline drift report: the rows payload logging wrote, against the training data kept with the model.
+
+    python -m sklearn_service.drift_report --log payload_logs/ [--model TAG] [--out drift.html]
+
+The summary (printed; `summarize` returns it) has one line per feature and one for the prediction:
+PSI on the same training bins the live gauges use (drift.py), and a two-sample test against the
+model's reference sample (Kolmogorov-Smirnov for numbers, chi-squared for categories, booleans, classes)
+with its p-value. "drifted" means PSI > 0.2, the alert's threshold, so report and alert agree;
+p-values shrink toward 0 on large logs even for harmless shifts, so they inform, they do not decide.
+
+The HTML is Evidently's DataDriftPreset. Evidently needs pandas 2 (the service pins pandas 3) and
+some 80 packages the serving image must not carry, so it runs in an environment of its own
+(`make report-env`: .venv-report from requirements-report.txt, or DRIFT_REPORT_PYTHON) as a
+subprocess that gets both tables as CSV files (drift_html.py). The summary needs none of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sklearn_service.drift import Bins
+from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.training import REFERENCE_FILE, TARGET_COLUMN, as_category, read_csv
+
+THRESHOLD = 0.2
+PREDICTION = "prediction"
+ROOT = Path(__file__).resolve().parent.parent
+REPORT_PYTHON = ROOT / ".venv-report" / "bin" / "python"
+HTML_SCRIPT = Path(__file__).with_name("drift_html.py")
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """Every row of one log file, or of all under a folder (payload_logs/), rotated files included."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.rglob("data.*.log*"))
+    if not files:
+        raise SystemExit(f"no payload log files (data.*.log) under {path}: is monitoring enabled in "
+                         "configuration.yaml (services.SklearnService.monitoring)?")
+    return pd.DataFrame([json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()])
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    return pd.to_numeric(column.map(lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v),
+                         errors="coerce").to_numpy(dtype=float)
+
+
+def _codes(column: pd.Series, categories: list) -> np.ndarray:
+    """Category values (text or numbers, as logged or read from CSV) as codes; unseen -1, missing NaN."""
+    lookup = {text: float(i) for i, text in enumerate(as_category(pd.Series(categories, dtype=object)))}
+    text = as_category(column)
+    return np.array([np.nan if pd.isna(v) else lookup.get(v, UNSEEN_CODE) for v in text])
+
+
+def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """A table of decoded values as the service encodes rows (signature.py), and its target column."""
+    rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
+                            for f in signature.features])
+    y = frame[target] if target in frame else pd.Series(np.nan, index=frame.index)
+    labels = _codes(y, signature.classes) if signature.classes is not None else _numbers(y)
+    return rows, labels
+
+
+def _test(reference: np.ndarray, current: np.ndarray, by_category: bool) -> tuple[str, float, float]:
+    from scipy import stats
+
+    if by_category:  # reference and current: counts per bin
+        seen = (reference + current) > 0
+        if reference.sum() == 0 or current.sum() == 0 or seen.sum() < 2:
+            return "chi-squared", np.nan, np.nan
+        result = stats.chi2_contingency(np.vstack([reference[seen], current[seen]]))
+        return "chi-squared", float(result.statistic), float(result.pvalue)
+    reference, current = reference[~np.isnan(reference)], current[~np.isnan(current)]
+    if not len(reference) or not len(current):
+        return "KS", np.nan, np.nan
+    result = stats.ks_2samp(reference, current)
+    return "KS", float(result.statistic), float(result.pvalue)
+
+
+def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+    """Per tracked feature and the prediction: test, statistic, p-value, PSI and whether it drifted."""
+    bins = Bins(signature)
+    ref_rows, ref_y = encode(signature, reference, TARGET_COLUMN)
+    cur_rows, cur_y = encode(signature, current, PREDICTION)
+    ref_index, cur_index = bins.index(ref_rows, ref_y), bins.index(cur_rows, cur_y)
+    ref_counts, cur_counts = bins.counts(ref_index), bins.counts(cur_index)
+    psi = bins.psi(cur_counts)
+    lines = []
+    for j, (name, source) in enumerate(zip(bins.names, bins.sources)):
+        by_category = signature.classes is not None if source is None else \
+            signature.features[source].is_category or signature.features[source].kind == "boolean"
+        segment = (bins.column == j) & bins.counted
+        values = (ref_counts[segment], cur_counts[segment]) if by_category else \
+            ((ref_y, cur_y) if source is None else (ref_rows[:, source], cur_rows[:, source]))
+        test, statistic, p_value = _test(*values, by_category)
+        lines.append({"feature": name, "test": test, "statistic": statistic, "p_value": p_value,
+                      "psi": float(psi[j]), "drifted": bool(psi[j] > THRESHOLD)})
+    return pd.DataFrame(lines)
+
+
+def format_summary(summary: pd.DataFrame, rows: int) -> str:
+    table = summary.assign(drifted=summary["drifted"].map({True: "yes", False: "no"})).to_string(
+        index=False, formatters={"statistic": "{:.3f}".format, "p_value": "{:.2g}".format, "psi": "{:.3f}".format})
+    drifted = summary.loc[summary["drifted"], "feature"].tolist()
+    verdict = f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted else f"no drift (every PSI <= {THRESHOLD})"
+    return f"{rows} logged rows against the training reference\n{table}\n{verdict}"
+
+
+def write_html(signature: Signature, reference: pd.DataFrame, current: pd.DataFrame, out: Path,
+               python: str | Path) -> None:
+    """Evidently's data drift report, in its own environment."""
+    categorical = [f.name for f in signature.features if f.is_category or f.kind == "boolean"]
+    numerical = [f.name for f in signature.features if f.name not in categorical]
+    (categorical if signature.classes is not None else numerical).append(PREDICTION)
+
+    def table(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+        columns = {f.name: frame[f.name] for f in signature.features}
+        columns[PREDICTION] = frame[target] if target in frame else np.nan
+        frame = pd.DataFrame(columns)
+        for name in categorical:  # one spelling per category: True and 1.0 both "1"
+            frame[name] = as_category(frame[name].map(lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v))
+        return frame
+
+    with tempfile.TemporaryDirectory() as folder:
+        spec = {"reference": f"{folder}/reference.csv", "current": f"{folder}/current.csv", "out": str(out),
+                "numerical": numerical, "categorical": categorical}
+        table(reference, TARGET_COLUMN).to_csv(spec["reference"], index=False)
+        table(current, PREDICTION).to_csv(spec["current"], index=False)
+        Path(f"{folder}/spec.json").write_text(json.dumps(spec))
+        result = subprocess.run([str(python), str(HTML_SCRIPT), f"{folder}/spec.json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"Evidently's report failed:\n{result.stderr[-3000:]}")
+
+
+def load_model(tag: str) -> tuple[Signature, pd.DataFrame]:
+    import bentoml
+
+    from sklearn_service.signature import stored_signature
+
+    model = bentoml.models.get(tag)
+    path = Path(model.path) / REFERENCE_FILE
+    if not path.is_file():
+        raise SystemExit(f"{model.tag} has no training reference ({REFERENCE_FILE}): save it with train.py, "
+                         "or import it with --reference-data")
+    return stored_signature(model), read_csv(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sklearn_service.drift_report", description=__doc__.split("\n")[0])
+    parser.add_argument("--log", required=True, help="payload log folder (monitoring.options.log_path)")
+    parser.add_argument("--model", default=os.environ.get("MODEL_TAG", "sklearn_model:latest"),
+                        help="the model that served the logged rows (default: $MODEL_TAG or sklearn_model:latest)")
+    parser.add_argument("--out", default="drift.html", help="HTML report (default: drift.html)")
+    args = parser.parse_args(argv)
+
+    signature, reference = load_model(args.model)
+    current = read_log(args.log)
+    print(format_summary(summarize(signature, reference, current), len(current)))
+    python = os.environ.get("DRIFT_REPORT_PYTHON") or REPORT_PYTHON
+    if not Path(python).exists():
+        print(f"no HTML report: Evidently's environment {python} is missing (make report-env)", file=sys.stderr)
+        return 2
+    write_html(signature, reference, current, Path(args.out).resolve(), python)
+    print(f"HTML report: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
