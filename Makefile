@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 3000
 MODEL_NAME ?= sklearn_model
+# Seldon MLServer, for the benchmark only: a venv of its own (its pins clash with BentoML's)
+MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
 .PHONY: serve test install install-dev system-deps train build bench clean
@@ -39,7 +41,12 @@ build: train
 	$(BIN)/bentoml build
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache
 
-bench: install-dev system-deps  ## side-by-side benchmark; writes bench/results/latest.*
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+$(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet -r bench/requirements-mlserver.txt
+	touch $@
+
+bench: install-dev system-deps $(MLSERVER_VENV)/.installed  ## side-by-side benchmark, ~6 min; writes bench/results/latest.*
+	$(BIN)/python bench/run.py --mlserver-venv $(MLSERVER_VENV) $(BENCH_ARGS)
