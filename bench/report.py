@@ -1,6 +1,7 @@
 """The benchmark's tables, ratios, targets and chart, from the results that run.py collects.
 
-    python bench/report.py bench/results/latest.json   # re-render latest.md and latest.png
+    python bench/report.py bench/results/latest.json            # re-render latest.md and latest.png
+    python bench/report.py bench/results/latest.json --readme   # and copy latest.md into README.md
 """
 
 from __future__ import annotations
@@ -8,6 +9,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+# latest.md goes between these lines of README.md's Performance section
+README_START = "<!-- bench/results/latest.md, copied by bench/report.py --readme -->"
+README_END = "<!-- end of bench/results/latest.md -->"
 
 SEED, CEILING, FIXED = "seed (FastAPI+joblib)", "BentoML, no model", "BentoML, no model, fixed"
 OURS, V2, MLSERVER = "this service", "this service, V2", "MLServer 1.7.1, V2"
@@ -188,8 +194,17 @@ def chart(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def into_readme(text: str) -> None:
+    readme = README.read_text()
+    before, rest = readme.split(README_START + "\n", 1)
+    after = rest.split(README_END, 1)[1]
+    README.write_text(f"{before}{README_START}\n{text}{README_END}{after}")
+
+
 if __name__ == "__main__":
     source = Path(sys.argv[1])
     data = json.loads(source.read_text())
     source.with_suffix(".md").write_text(markdown(data))
     chart(data, source.with_suffix(".png"))
+    if "--readme" in sys.argv[2:]:
+        into_readme(markdown(data))

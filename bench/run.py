@@ -5,6 +5,7 @@ started, measured and stopped in turn. Writes bench/results/latest.{md,json,png}
 
     make bench                                  # installs what it needs, then this
     python bench/run.py                         # 10 s per load point, about 6 minutes
+    python bench/run.py --readme                # and copy the tables into README.md
     python bench/run.py --duration 2 --only seed "this service"
 """
 
@@ -235,6 +236,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="SERVER", help="measure only these servers (names as printed)")
     parser.add_argument("--mlserver-venv", type=Path, default=ROOT / "bench" / ".venv-mlserver")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--readme", action="store_true", help="copy latest.md into README.md's Performance section")
     args = parser.parse_args()
     began, load_before = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -263,6 +265,8 @@ def main() -> int:
     text = report.markdown(results)
     (args.out / "latest.md").write_text(text)
     report.chart(results, args.out / "latest.png")
+    if args.readme:
+        report.into_readme(text)
     print(text)
     return 1 if any("failed" in s for s in server_results.values()) else 0
 
