@@ -25,18 +25,21 @@ def start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Pop
                                 start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, grace: float = 20) -> None:
+    """Ends the server and every process it started. BentoML's workers run in process groups of
+    their own: if the arbiter has to be killed, signalling its group would leave them running."""
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(10)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # the root may exit before its workers, or hang: end whatever is left of the group
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        members = tree(process.pid)
+        os.killpg(process.pid, signal.SIGTERM)  # the arbiter stops its workers itself
+    except (psutil.Error, ProcessLookupError):
+        members = []
+    _, alive = psutil.wait_procs(members, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
     process.wait()
 
 
@@ -88,6 +91,11 @@ def memory(root_pid: int) -> list[dict]:
             continue
         rows.append({"pid": p.pid, "role": role(p, root_pid), "rss_mb": info.rss / 2**20, "pss_mb": info.pss / 2**20})
     return rows
+
+
+def tree_rss_mb(processes: list[dict]) -> float:
+    """The issue's memory figure: RSS summed over the tree (shared pages counted in each process)."""
+    return sum(p["rss_mb"] for p in processes)
 
 
 def cpu_seconds(root_pid: int) -> dict[int, tuple[str, float]]:

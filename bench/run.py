@@ -85,27 +85,32 @@ def mlserver_command(venv: Path, folder: Path, model_file: Path) -> Callable[[in
     return command
 
 
-def prepare_models(home: Path) -> tuple[Path, dict]:
-    """The default numeric model and a mixed-type pipeline into the store; the numeric one also as
-    a joblib file for the seed and MLServer. Returns that file and a mixed-type row to send."""
+def prepare_model(home: Path) -> Path:
+    """The default numeric model into the store, and as a joblib file for the seed and MLServer."""
     import joblib
 
-    from sklearn_service.training import load_csv_dataset, load_default_dataset, save_result, train
-    from tests.mixed_data import write_penguins_csv
+    from sklearn_service.training import load_default_dataset, save_result, train
 
     result = train(load_default_dataset())
     save_result(result, MODEL_NAME)
     model_file = home / "model.joblib"
     joblib.dump(result.pipeline, model_file)
+    return model_file
 
-    csv = home / "penguins.csv"  # like the public penguins table: text categories, booleans, gaps
+
+def prepare_mixed_model(home: Path) -> dict:
+    """A pipeline trained on a table like the public penguins one (text categories, booleans, gaps)
+    into the store; returns one of its rows, by feature name, to send."""
+    from sklearn_service.training import load_csv_dataset, save_result, train
+    from tests.mixed_data import write_penguins_csv
+
+    csv = home / "penguins.csv"
     frame = write_penguins_csv(csv, rows=344)
     save_result(train(load_csv_dataset(str(csv), "species", [], [])), MIXED_MODEL_NAME)
-    mixed_row = json.loads(frame.drop(columns="species").iloc[[0]].to_json(orient="records"))[0]
-    return model_file, mixed_row
+    return json.loads(frame.drop(columns="species").iloc[[0]].to_json(orient="records"))[0]
 
 
-def write_bodies(folder: Path, mixed_row: dict) -> dict[str, Path]:
+def write_bodies(folder: Path, mixed_row: dict | None = None) -> dict[str, Path]:
     from sklearn.datasets import load_breast_cancer
 
     X = load_breast_cancer().data
@@ -113,7 +118,7 @@ def write_bodies(folder: Path, mixed_row: dict) -> dict[str, Path]:
               "v2": {"inputs": [{"name": "input-0", "shape": [1, X.shape[1]], "datatype": "FP64",
                                  "data": X[0].tolist()}]},
               "batch": {"instances": X[np.arange(1000) % len(X)].tolist()},
-              "mixed": {"features": mixed_row}}
+              **({"mixed": {"features": mixed_row}} if mixed_row else {})}
     paths = {}
     for name, body in bodies.items():
         paths[name] = folder / f"{name}.json"
@@ -219,7 +224,7 @@ def measure_server(server: Server, env: dict, home: Path, duration: int) -> tupl
             rows[first.name]["batch"] = batch
             print_point(first.name + ", batch of 1000", 4, batch)
         processes = measure.memory(process.pid)
-        return {"cold_start_s": cold, "processes": processes, "rss_mb": sum(p["rss_mb"] for p in processes),
+        return {"cold_start_s": cold, "processes": processes, "rss_mb": measure.tree_rss_mb(processes),
                 "pss_mb": sum(p["pss_mb"] for p in processes)}, rows
     except Exception as exc:  # one server failing should not lose the others' figures
         traceback.print_exc()
@@ -243,9 +248,9 @@ def main() -> int:
         home = Path(tmp)
         env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)}
         os.environ["BENTOML_HOME"] = str(home)
-        model_file, mixed_row = prepare_models(home)
+        model_file = prepare_model(home)
         env["MODEL_PKL"] = str(model_file)
-        bodies = write_bodies(home, mixed_row)
+        bodies = write_bodies(home, prepare_mixed_model(home))
         server_results, row_results = {}, {}
         for server in servers(home, bodies, model_file, args):
             if args.only and server.name not in args.only:
