@@ -6,7 +6,7 @@ started, measured and stopped in turn. Writes bench/results/latest.{md,json,png}
     make bench                                  # installs what it needs, then this
     python bench/run.py                         # 10 s per load point, about 6 minutes
     python bench/run.py --readme                # and copy the tables into README.md
-    python bench/run.py --duration 2 --only seed "this service"
+    python bench/run.py --duration 2 --only "this service" "MLServer 1.7.1"   # names as printed
 """
 
 from __future__ import annotations
@@ -252,7 +252,10 @@ def main() -> int:
         env["MODEL_PKL"] = str(model_file)
         bodies = write_bodies(home, prepare_mixed_model(home))
         server_results, row_results = {}, {}
-        for server in servers(home, bodies, model_file, args):
+        chosen = servers(home, bodies, model_file, args)
+        if unknown := set(args.only or ()) - {s.name for s in chosen}:
+            parser.error(f"no server named {sorted(unknown)}; the servers: {[s.name for s in chosen]}")
+        for server in chosen:
             if args.only and server.name not in args.only:
                 continue
             server_results[server.name], rows = measure_server(server, env, home, args.duration)
