@@ -9,6 +9,8 @@ MODEL ?= $(MODEL_NAME):latest
 OUT ?= drift.html
 PORT ?= 3000
 MODEL_NAME ?= sklearn_model
+# Seldon MLServer, for the benchmark only: a venv of its own (its pins clash with BentoML's)
+MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
 .PHONY: serve test install install-dev system-deps train build bench clean report-env drift-report
@@ -54,7 +56,12 @@ drift-report: install report-env  ## payload log vs training: make drift-report 
 	$(BIN)/python -m sklearn_service.drift_report --log $(LOG) --model $(MODEL) --out $(OUT)
 
 clean:
-	rm -rf $(VENV) $(REPORT_VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(REPORT_VENV) $(MLSERVER_VENV) .pytest_cache test-artifacts
 
-bench: install-dev system-deps  ## side-by-side benchmark; writes bench/results/latest.*
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+$(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet -r bench/requirements-mlserver.txt
+	touch $@
+
+bench: install-dev system-deps $(MLSERVER_VENV)/.installed  ## side-by-side benchmark, ~6 min; writes bench/results/latest.*
+	$(BIN)/python bench/run.py --mlserver-venv $(MLSERVER_VENV) $(BENCH_ARGS)

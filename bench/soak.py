@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import prepare_model, tree_rss_mb, wrk, write_bodies  # noqa: E402
+from bench.measure import memory, tree_rss_mb, wrk  # noqa: E402
+from bench.run import prepare_model, write_bodies  # noqa: E402
 from tests.serving import Server  # noqa: E402
 
 
@@ -31,12 +32,12 @@ def main() -> int:
         home = Path(tmp)
         os.environ["BENTOML_HOME"] = str(home)
         prepare_model(home)
-        single, _ = write_bodies(home)
+        single = write_bodies(home)["single"]
         with Server(home) as server:
             wrk(server.url + "/predict", single, args.connections, 5)  # warm-up: caches, pools, allocator
-            start_mb = tree_rss_mb(server.process.pid)
+            start_mb = tree_rss_mb(memory(server.process.pid))
             result = wrk(server.url + "/predict", single, args.connections, args.seconds)
-            end_mb = tree_rss_mb(server.process.pid)
+            end_mb = tree_rss_mb(memory(server.process.pid))
     growth = end_mb / start_mb - 1
     failures = result["non_2xx"] + result["timeouts"] + result["socket_errors"]
     print(f"soak: {args.seconds} s at {args.connections} connections: {result['requests']} requests, "
