@@ -48,7 +48,7 @@ class RequestGuard:
                         return  # client went away
                     size += len(message.get("body", b""))
                     if size > self.max_bytes:
-                        return await self._refuse(scope, receive, send)
+                        break
                     chunks.append(message.get("body", b""))
                     if not message.get("more_body"):
                         break
@@ -56,6 +56,8 @@ class RequestGuard:
             response = JSONResponse({"error": f"request body not received within {self.body_seconds:g} s",
                                      "reason": "request_timeout"}, status_code=408, headers={"Connection": "close"})
             return await response(scope, receive, send)
+        if size > self.max_bytes:
+            return await self._refuse(scope, receive, send)
         body = b"".join(chunks)
         replayed = False
 
