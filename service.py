@@ -163,7 +163,9 @@ class SklearnService:
         return respond(out)
 
 
-SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]))
-SklearnService.add_asgi_middleware(open_inference.HealthProbes)  # before ApiKeyAuth: probes stay open
+SklearnService.add_asgi_middleware(open_inference.HealthProbes)  # outermost: probes stay open
+# in this order: the key is checked before any body is read
 if api_key := os.environ.get("API_KEY") or APP["auth"]["api_key"]:
     SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key, protect_metrics=bool(APP["auth"]["protect_metrics"]))
+SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]),
+                                   body_seconds=float(APP["client_timeout_seconds"]))

@@ -1,18 +1,31 @@
-"""Fixes for the pinned BentoML (1.4.30), applied when service.py is imported."""
+"""Fixes for BentoML and uvicorn internals, applied when service.py is imported.
+
+Each fix names the releases it was written for and checked against (`versions`); at
+start-up a fix outside them is skipped with a warning rather than patched blindly
+into code that may have changed. tests/test_bentoml_fixes.py shows each bug on the
+unpatched code, so after an upgrade those tests say which fixes are still needed.
+`app.skip_fixes` in configuration.yaml turns fixes off by name.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import functools
+import json
 import logging
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from typing import Callable
 
 import bentoml.serving
 from circus.arbiter import Arbiter
+from packaging.specifiers import SpecifierSet
 from tornado import gen
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.io_models import IOMixin
@@ -22,8 +35,33 @@ from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, Time
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
+from sklearn_service import config
 from sklearn_service.errors import RETRY_AFTER_SECONDS
 
+logger = logging.getLogger(__name__)
+
+# The code each fix replaces, kept so that tests can show the bug on it.
+ORIGINAL = {
+    "TimeoutMiddleware.__call__": TimeoutMiddleware.__call__,
+    "MaxConcurrencyMiddleware.__call__": MaxConcurrencyMiddleware.__call__,
+    "ensure_prometheus_dir": bentoml.serving.ensure_prometheus_dir,
+    "Arbiter._stop_watchers": Arbiter._stop_watchers,
+    "ServiceAppFactory.middlewares": ServiceAppFactory.middlewares.fget,
+    "IOMixin.mime_type": IOMixin.mime_type.__func__,
+    "HttpToolsProtocol": {name: getattr(HttpToolsProtocol, name) for name in
+                          ("connection_made", "on_message_begin", "on_headers_complete", "connection_lost")},
+}
+
+
+@dataclass(frozen=True)
+class Fix:
+    name: str
+    package: str   # the distribution whose internals it patches
+    versions: str  # PEP 440 specifier: the releases it was written for and checked against
+    install: Callable[[], None]
+
+
+# --- BentoML -----------------------------------------------------------------------------------
 
 async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
     """TimeoutMiddleware.__call__ with its timer cancelled once the request ends.
@@ -64,14 +102,12 @@ def _own_prometheus_dir(*args, **kwargs) -> str:
 
     BentoML keeps multiprocess metric files in $BENTOML_HOME/prometheus_multiproc_dir
     and empties it whenever a server starts, so a second server on the same home
-    wiped the first one's counters and then mixed its own into them.
+    wiped the first one's counters and then mixed its own into them. (The temporary
+    directory also keeps the server off a read-only BENTOML_HOME.)
     """
     path = tempfile.mkdtemp(prefix="bentoml-prometheus-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
-
-
-_max_concurrency_call = MaxConcurrencyMiddleware.__call__
 
 
 async def _max_concurrency_call_with_retry_after(self, scope, receive, send) -> None:
@@ -84,7 +120,7 @@ async def _max_concurrency_call_with_retry_after(self, scope, receive, send) -> 
                 message = {**message, "headers": [*headers, (b"retry-after", RETRY_AFTER_SECONDS.encode())]}
         await send(message)
 
-    await _max_concurrency_call(self, scope, receive, send_with_retry_after)
+    await ORIGINAL["MaxConcurrencyMiddleware.__call__"](self, scope, receive, send_with_retry_after)
 
 
 class ClientErrorsAsWarnings(logging.Filter):
@@ -102,6 +138,9 @@ class ClientErrorsAsWarnings(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
         return True
+
+
+HTTP_APP_LOGGER = "bentoml._internal.server.http_app"  # where BentoML's log_exception() writes
 
 
 ENTRY_WATCHER = "service"  # BentoML's name for the entry service's workers; dependencies are service_<Name>
@@ -130,30 +169,141 @@ class RequestId:
         await self.app(scope, receive, send)
 
 
-_service_middlewares = ServiceAppFactory.middlewares.fget
-
-
-def _tracing_only_with_an_exporter(self) -> list:
+def _tracing_only_with_an_exporter(middlewares: list) -> list:
     """BentoML wraps every request in an OpenTelemetry span even when no tracing exporter is
     configured: nothing is exported, yet it cost ~0.3 ms per request on each of the two hops
     (c=1 p50 2.0 -> 1.4 ms, c=64 +60 % requests/s without it). With `tracing.exporter_type`
     set in configuration.yaml the span middleware stays."""
-    middlewares = _service_middlewares(self)
     if BentoMLContainer.config.tracing.exporter_type.get():
         return middlewares
     return [Middleware(RequestId) if getattr(m.cls, "__name__", "") == "OpenTelemetryMiddleware" else m
             for m in middlewares]
 
 
-def apply() -> None:
-    ServiceAppFactory.middlewares = property(_tracing_only_with_an_exporter)
-    Arbiter._stop_watchers = _stop_entry_service_first
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAsWarnings())
-    bentoml.serving.ensure_prometheus_dir = _own_prometheus_dir
-    TimeoutMiddleware.__call__ = _timeout_call
-    MaxConcurrencyMiddleware.__call__ = _max_concurrency_call_with_retry_after
+def _client_checks_first(factory: ServiceAppFactory, middlewares: list) -> list:
+    """BentoML puts a service's own ASGI middleware (API key, body limits) inside its timeout
+    and concurrency limit: a client trickling its body held one of `max_concurrency` slots,
+    and one that never sent the body it declared got the timeout's 504 (a server error). Ours
+    now run before those two, so a request takes a slot only once its body is in."""
+    own = {cls for cls, _ in factory.service.middlewares}
+    limits = [i for i, m in enumerate(middlewares) if m.cls in (TimeoutMiddleware, MaxConcurrencyMiddleware)]
+    if not own or not limits:
+        return middlewares
+    first = min(limits)
+    before = [m for m in middlewares[:first] if m.cls not in own]
+    return [*before, *[m for m in middlewares if m.cls in own], *[m for m in middlewares[first:] if m.cls not in own]]
+
+
+def _wrap_middlewares(change: Callable[[ServiceAppFactory, list], list]) -> None:
+    previous = ServiceAppFactory.middlewares.fget
+    ServiceAppFactory.middlewares = property(lambda self: change(self, previous(self)))
+
+
+def _cache_mime_type() -> None:
     # mime_type() of a root-model output (the runner's arrays) builds a pydantic
     # TypeAdapter and a whole JSON schema on every response; it depends only on
     # the class, so compute it once per class (~12% of the runner's CPU).
-    if not hasattr(IOMixin.mime_type, "cache_info"):
-        IOMixin.mime_type = classmethod(functools.lru_cache(maxsize=None)(IOMixin.mime_type.__func__))
+    IOMixin.mime_type = classmethod(functools.lru_cache(maxsize=None)(ORIGINAL["IOMixin.mime_type"]))
+
+
+# --- uvicorn -----------------------------------------------------------------------------------
+
+def _install_header_deadline() -> None:
+    """uvicorn has no time limit on receiving a request's headers: a client trickling one
+    header line a second (slowloris) kept its connection for as long as it liked, and a few
+    thousand of them exhaust the process's connections. Headers must now be complete within
+    app.client_timeout_seconds of the connection opening (or of the request's first byte on a
+    kept-alive connection); otherwise the client gets 408 and the connection is closed."""
+    seconds = float(config.app()["client_timeout_seconds"])
+    original = ORIGINAL["HttpToolsProtocol"]
+    body = json.dumps({"error": f"request headers not received within {seconds:g} s",
+                       "reason": "request_timeout"}).encode()
+    response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    def arm(self) -> None:
+        if getattr(self, "_header_deadline", None) is None:
+            self._header_deadline = self.loop.call_later(seconds, expired, self)
+
+    def disarm(self) -> None:
+        if (handle := getattr(self, "_header_deadline", None)) is not None:
+            handle.cancel()
+            self._header_deadline = None
+
+    def expired(self) -> None:
+        self._header_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return arm(self)  # a pipelined request: wait until the one being answered is done
+        self.transport.write(response)
+        self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        original["connection_made"](self, transport)
+        arm(self)
+
+    def on_message_begin(self) -> None:
+        original["on_message_begin"](self)
+        arm(self)
+
+    def on_headers_complete(self) -> None:
+        disarm(self)
+        original["on_headers_complete"](self)
+
+    def connection_lost(self, exc) -> None:
+        disarm(self)
+        original["connection_lost"](self, exc)
+
+    for function in (connection_made, on_message_begin, on_headers_complete, connection_lost):
+        setattr(HttpToolsProtocol, function.__name__, function)
+
+
+# --- which fix, for which releases -----------------------------------------------------------
+
+WRITTEN_FOR = ">=1.4.30,<=1.4.40"  # the BentoML releases whose source these were checked against
+
+FIXES = [
+    Fix("timeout_timer_cancelled", "bentoml", WRITTEN_FOR,
+        lambda: setattr(TimeoutMiddleware, "__call__", _timeout_call)),
+    Fix("retry_after_on_429", "bentoml", WRITTEN_FOR,
+        lambda: setattr(MaxConcurrencyMiddleware, "__call__", _max_concurrency_call_with_retry_after)),
+    Fix("own_prometheus_dir", "bentoml", WRITTEN_FOR,
+        lambda: setattr(bentoml.serving, "ensure_prometheus_dir", _own_prometheus_dir)),
+    Fix("client_errors_as_warnings", "bentoml", WRITTEN_FOR,
+        lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(ClientErrorsAsWarnings())),
+    Fix("entry_service_stops_first", "bentoml", WRITTEN_FOR,
+        lambda: setattr(Arbiter, "_stop_watchers", _stop_entry_service_first)),
+    Fix("tracing_only_with_an_exporter", "bentoml", WRITTEN_FOR,
+        lambda: _wrap_middlewares(lambda factory, middlewares: _tracing_only_with_an_exporter(middlewares))),
+    Fix("client_checks_first", "bentoml", "==1.4.40",
+        lambda: _wrap_middlewares(_client_checks_first)),
+    Fix("mime_type_cached", "bentoml", WRITTEN_FOR, _cache_mime_type),
+    Fix("header_timeout", "uvicorn", "==0.54.0", _install_header_deadline),
+]
+
+_status: dict[str, str] = {}  # name -> "applied" or why not; each fix is installed once per process
+
+
+def status(fix: Fix, skip: frozenset[str]) -> str:
+    found = installed_version(fix.package)
+    if fix.name in skip:
+        return "skipped: listed in app.skip_fixes"
+    if found not in SpecifierSet(fix.versions):
+        return f"skipped: written for {fix.package} {fix.versions}, installed {found}; see tests/test_bentoml_fixes.py"
+    return "applied"
+
+
+def apply() -> dict[str, str]:
+    """Installs every fix that fits the installed versions; returns each fix's status."""
+    skip = frozenset(config.app()["skip_fixes"])
+    for fix in FIXES:
+        if fix.name in _status:
+            continue
+        _status[fix.name] = status(fix, skip)
+        if _status[fix.name] == "applied":
+            fix.install()
+            logger.debug("fix %s applied", fix.name)
+        else:
+            logger.warning("fix %s %s", fix.name, _status[fix.name])
+    return dict(_status)

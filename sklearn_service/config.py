@@ -21,6 +21,7 @@ APP_DEFAULTS = {"max_batch_rows": 1000, "compiled_trees": True, "max_queued_rows
                 "runner_stall_seconds": 1.0, "runner_dead_seconds": 30, "max_body_bytes": 8 * 2**20,
                 "unknown_categories": "accept",
                 "drift": {"enabled": True, "window_rows": 10000, "window_minutes": 60, "min_rows": 500},
+                "client_timeout_seconds": 10, "skip_fixes": [],
                 "auth": {"api_key": None, "protect_metrics": False}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from starlette.responses import JSONResponse
@@ -18,11 +19,14 @@ REFUSED_TYPES = (b"application/vnd.bentoml+pickle", b"multipart/", b"application
 
 class RequestGuard:
     """Refuses, before anything parses them: bodies over `max_bytes` (413, declared or
-    streamed) and pickled, multipart or form bodies (415)."""
+    streamed), pickled, multipart or form bodies (415), and bodies not fully received
+    within `body_seconds` of the headers (408: a slow or stalled client, such as one that
+    declared a Content-Length and never sent it)."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, body_seconds: float = 10):
         self.app = app
         self.max_bytes = max_bytes
+        self.body_seconds = body_seconds
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -36,16 +40,24 @@ class RequestGuard:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(scope, receive, send)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
-                return await self._refuse(scope, receive, send)
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.body_seconds):  # for the whole body, not per chunk
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # client went away
+                    size += len(message.get("body", b""))
+                    if size > self.max_bytes:
+                        break
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            response = JSONResponse({"error": f"request body not received within {self.body_seconds:g} s",
+                                     "reason": "request_timeout"}, status_code=408, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        if size > self.max_bytes:
+            return await self._refuse(scope, receive, send)
         body = b"".join(chunks)
         replayed = False
 
@@ -65,18 +77,20 @@ class RequestGuard:
 
 
 class ApiKeyAuth:
-    """`Authorization: Bearer <key>` on every path but health probes, docs and (optionally) /metrics."""
+    """`Authorization: Bearer <key>` on every path but health probes, docs and (optionally) /metrics.
+    The scheme name is case-insensitive (RFC 9110). Added before RequestGuard, so it runs first:
+    an unauthenticated client is refused before any of its body is read."""
 
     def __init__(self, app, api_key: str, protect_metrics: bool = False):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
         self.open_paths = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):  # constant time: no timing hints about the key
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):  # constant time: no timing hints about the key
             return await self.app(scope, receive, send)
         response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                  "reason": "unauthorized"}, status_code=401,

@@ -34,14 +34,14 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, home: Path, target: str = "service:SklearnService", env: dict | None = None,
-                 cwd: Path = ROOT, log: Path | None = None):
+                 cwd: Path = ROOT, log: Path | None = None, prefix: list[str] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log or home / f"serve-{self.port}.log"
         full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
+            [*prefix, BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> "Server":

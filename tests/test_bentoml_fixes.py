@@ -1,15 +1,53 @@
+"""sklearn_service/bentoml_fixes.py: each fix is version-guarded, and each bug shows on the unpatched code.
+
+The `*_on_unpatched_*` tests run BentoML's (or uvicorn's) own code, kept in bentoml_fixes.ORIGINAL or
+served with the fix listed in app.skip_fixes. After an upgrade, one that fails means upstream fixed
+that bug: drop the fix. One that passes while its fix is skipped means the fix is still needed.
+"""
+
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from importlib.metadata import version
 
+import bentoml
 import pytest
-from bentoml._internal.server.http.traffic import TimeoutMiddleware
+import requests
+from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
 from sklearn_service import bentoml_fixes
+from sklearn_service.bentoml_fixes import ORIGINAL, Fix
+from sklearn_service.middleware import RequestGuard
+from tests.load import run_load
+from tests.serving import Server, write_config
 
 
-def run_through_middleware(app, timeout: float):
-    bentoml_fixes.apply()
+@pytest.fixture(scope="module", autouse=True)
+def applied():
+    return bentoml_fixes.apply()
+
+
+def test_every_fix_applies_to_the_pinned_versions(applied):
+    assert applied == {fix.name: "applied" for fix in bentoml_fixes.FIXES}
+
+
+def test_a_fix_written_for_other_versions_is_skipped_with_a_warning(monkeypatch, caplog):
+    installed = []
+    monkeypatch.setattr(bentoml_fixes, "FIXES", [Fix("from_the_future", "bentoml", ">=9", lambda: installed.append(1))])
+    monkeypatch.setattr(bentoml_fixes, "_status", {})
+    with caplog.at_level(logging.WARNING, logger=bentoml_fixes.__name__):
+        status = bentoml_fixes.apply()
+    assert installed == [] and status["from_the_future"].startswith("skipped: written for bentoml >=9")
+    assert f"installed {version('bentoml')}" in caplog.text and "from_the_future" in caplog.text
+
+
+# --- timeout_timer_cancelled -------------------------------------------------------------------
+
+def run_through_timeout(app, timeout: float, call):
     middleware = TimeoutMiddleware(app, timeout=timeout)
 
     async def scenario():
@@ -18,7 +56,7 @@ def run_through_middleware(app, timeout: float):
         async def send(message):
             sent.append(message)
 
-        await middleware({"type": "http"}, None, send)
+        await call(middleware, {"type": "http"}, None, send)
         await asyncio.sleep(0)  # let cancelled tasks unwind
         pending = [h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()]
         return sent, pending
@@ -35,22 +73,165 @@ async def slow_app(scope, receive, send):
     await asyncio.sleep(5)
 
 
+def test_timer_outlives_a_finished_request_on_unpatched_bentoml():
+    sent, pending = run_through_timeout(quick_app, 30, ORIGINAL["TimeoutMiddleware.__call__"])
+    assert sent[0]["status"] == 200 and len(pending) == 1
+
+
 def test_no_timer_outlives_a_finished_request():
-    sent, pending = run_through_middleware(quick_app, timeout=30)
+    sent, pending = run_through_timeout(quick_app, 30, TimeoutMiddleware.__call__)
     assert sent[0]["status"] == 200 and pending == []
 
 
 def test_slow_requests_still_get_a_504():
-    sent, pending = run_through_middleware(slow_app, timeout=0.05)
+    sent, pending = run_through_timeout(slow_app, 0.05, TimeoutMiddleware.__call__)
     assert sent[0]["status"] == 504 and pending == []
 
 
-class OpenTelemetryMiddleware:  # stands in for BentoML's span middleware, matched by name
-    pass
+# --- retry_after_on_429 ------------------------------------------------------------------------
+
+def second_of_two_concurrent(call) -> dict:
+    middleware = MaxConcurrencyMiddleware(slow_app, max_concurrency=1)
+
+    async def scenario():
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        first = asyncio.ensure_future(call(middleware, {"type": "http", "path": "/predict"}, None, send))
+        await asyncio.sleep(0.01)
+        await call(middleware, {"type": "http", "path": "/predict"}, None, send)
+        first.cancel()
+        return sent[0]
+
+    return asyncio.run(scenario())
 
 
-class Other:
-    pass
+def test_429_without_retry_after_on_unpatched_bentoml():
+    start = second_of_two_concurrent(ORIGINAL["MaxConcurrencyMiddleware.__call__"])
+    assert start["status"] == 429 and b"retry-after" not in dict(start["headers"])
+
+
+def test_429_says_when_to_retry():
+    start = second_of_two_concurrent(MaxConcurrencyMiddleware.__call__)
+    assert start["status"] == 429 and dict(start["headers"])[b"retry-after"] == b"1"
+
+
+# --- own_prometheus_dir ------------------------------------------------------------------------
+
+def test_starting_a_server_wipes_the_shared_metrics_dir_on_unpatched_bentoml(tmp_path):
+    (tmp_path / "counter_1.db").write_bytes(b"another server's counters")
+    ORIGINAL["ensure_prometheus_dir"](directory=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_each_server_gets_its_own_metrics_dir(tmp_path):
+    (tmp_path / "counter_1.db").write_bytes(b"another server's counters")
+    first, second = bentoml.serving.ensure_prometheus_dir(), bentoml.serving.ensure_prometheus_dir()
+    assert first != second and (tmp_path / "counter_1.db").exists()
+
+
+# --- client_errors_as_warnings -----------------------------------------------------------------
+
+def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
+    from bentoml._internal.server.http_app import log_exception
+    from pydantic import BaseModel, ValidationError
+    from starlette.requests import Request
+
+    http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
+    monkeypatch.setattr(http_app, "filters", filters)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    http_app.addHandler(handler)
+    try:
+        try:
+            type("Row", (BaseModel,), {"__annotations__": {"x": int}}).model_validate({"x": "not a number"})
+        except ValidationError as exc:
+            log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
+                          exc_info=(type(exc), exc, exc.__traceback__))
+    finally:
+        http_app.removeHandler(handler)
+    (record,) = records
+    return record
+
+
+def test_client_errors_logged_as_errors_with_traceback_on_unpatched_bentoml(monkeypatch):
+    record = log_a_client_error(monkeypatch, [])
+    assert record.levelno == logging.ERROR and record.exc_info
+
+
+def test_client_errors_logged_as_one_line_warnings(monkeypatch):
+    record = log_a_client_error(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()])
+    assert record.levelno == logging.WARNING and not record.exc_info and "client error" in record.getMessage()
+
+
+# --- entry_service_stops_first -----------------------------------------------------------------
+
+class Watcher:
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    async def _stop(self, close_output_streams):
+        self.log.append(("stopping", self.name))
+        await asyncio.sleep(0.01)
+        self.log.append(("stopped", self.name))
+
+
+def stop_order(stop_watchers) -> list:
+    log = []
+    watchers = [Watcher("service_ModelRunner", log), Watcher("service", log)]
+
+    async def scenario():
+        await stop_watchers(None, watcher_iter_func=lambda reverse: watchers)
+
+    asyncio.run(scenario())
+    return log
+
+
+def test_runner_stops_while_the_api_service_drains_on_unpatched_bentoml():
+    log = stop_order(ORIGINAL["Arbiter._stop_watchers"])
+    assert log.index(("stopping", "service_ModelRunner")) < log.index(("stopped", "service"))
+
+
+def test_runner_stops_after_the_api_service():
+    assert stop_order(bentoml_fixes._stop_entry_service_first) == [
+        ("stopping", "service"), ("stopped", "service"),
+        ("stopping", "service_ModelRunner"), ("stopped", "service_ModelRunner")]
+
+
+# --- tracing_only_with_an_exporter, client_checks_first: BentoML's middleware stack ------------
+
+@pytest.fixture(scope="module")
+def tiny_factory():
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    @bentoml.service(traffic={"timeout": 5, "max_concurrency": 4})
+    class Tiny:
+        @bentoml.api
+        def echo(self, x: int) -> int:
+            return x
+
+    Tiny.add_asgi_middleware(RequestGuard, max_bytes=10)
+    Tiny.inject_config()
+    return ServiceAppFactory(Tiny, is_main=True)
+
+
+def names(middlewares) -> list[str]:
+    return [m.cls.__name__ for m in middlewares]
+
+
+def test_spans_and_own_middleware_inside_the_limits_on_unpatched_bentoml(tiny_factory):
+    stack = names(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory))
+    assert "OpenTelemetryMiddleware" in stack  # with no exporter configured
+    assert stack.index("RequestGuard") > stack.index("MaxConcurrencyMiddleware") > stack.index("TimeoutMiddleware")
+
+
+def test_no_spans_and_own_middleware_before_the_limits(tiny_factory):
+    stack = names(tiny_factory.middlewares)
+    assert "OpenTelemetryMiddleware" not in stack and "RequestId" in stack
+    assert stack.index("RequestGuard") < stack.index("TimeoutMiddleware") < stack.index("MaxConcurrencyMiddleware")
 
 
 class FakeTracingConfig:
@@ -73,20 +254,118 @@ class FakeTracingConfig:
         return self.exporter
 
 
-@pytest.mark.parametrize("exporter, kept", [(None, False), ("otlp", True)])
-def test_span_middleware_only_with_a_tracing_exporter(monkeypatch, exporter, kept):
-    from starlette.middleware import Middleware
-
-    monkeypatch.setattr(bentoml_fixes, "_service_middlewares",
-                        lambda self: [Middleware(Other), Middleware(OpenTelemetryMiddleware)])
-    monkeypatch.setattr(bentoml_fixes, "BentoMLContainer", FakeTracingConfig(exporter))
-    names = [m.cls.__name__ for m in bentoml_fixes._tracing_only_with_an_exporter(None)]
-    assert names == (["Other", "OpenTelemetryMiddleware"] if kept else ["Other", "RequestId"])
+def test_span_middleware_stays_with_a_tracing_exporter(monkeypatch, tiny_factory):
+    monkeypatch.setattr(bentoml_fixes, "BentoMLContainer", FakeTracingConfig("otlp"))
+    stack = names(bentoml_fixes._tracing_only_with_an_exporter(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)))
+    assert "OpenTelemetryMiddleware" in stack and "RequestId" not in stack
 
 
 def test_every_response_carries_its_own_request_id(server, cancer):
-    import requests
-
     ids = {requests.post(server.url + "/predict", json={"features": cancer["X"][0].tolist()}, timeout=5)
            .headers["X-BentoML-Request-ID"] for _ in range(5)}
     assert len(ids) == 5
+
+
+# --- mime_type_cached --------------------------------------------------------------------------
+
+def schema_builds(tiny_factory, monkeypatch, mime_type) -> int:
+    spec = tiny_factory.service.apis["echo"].output_spec
+    calls = []
+    original = spec.model_json_schema.__func__
+    monkeypatch.setattr(spec, "model_json_schema", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
+    for _ in range(3):
+        assert mime_type(spec) == "application/json"
+    return len(calls)
+
+
+def test_json_schema_built_for_every_response_on_unpatched_bentoml(tiny_factory, monkeypatch):
+    assert schema_builds(tiny_factory, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
+
+
+def test_json_schema_built_once_per_type(tiny_factory, monkeypatch):
+    assert schema_builds(tiny_factory, monkeypatch, lambda spec: spec.mime_type()) <= 1
+
+
+# --- runner_connection (configuration, not a patch): BentoML's session refresh -----------------
+
+def mixed_requests(cancer, count: int) -> list:
+    rows = cancer["X"]
+    paths = [("/predict", lambda r: {"features": r}), ("/predict_proba", lambda r: {"features": r}),
+             ("/predict_batch", lambda r: {"instances": [r] * 20})]
+    return [(paths[i % 3][0], paths[i % 3][1](rows[i % len(rows)].tolist())) for i in range(count)]
+
+
+def test_session_refresh_aborts_calls_in_flight_on_bentoml_defaults(tmp_path, bentoml_home, trained, cancer):
+    """BentoML's runner_connection mechanism (by default a refresh every 100 calls), refreshing on
+    every call so that it shows in seconds: calls that overlap a refresh fail with
+    ServerDisconnectedError (503 here). configuration.yaml turns the refresh off; the soak in
+    test_reliability shows 0 errors with it."""
+    def refresh_often(settings):
+        settings["services"]["ModelRunner"]["runner_connection"] = {"max_requests": 1}
+
+    statuses = Counter()
+    with Server(bentoml_home, env={"SERVICE_CONFIG": str(write_config(tmp_path, refresh_often))}) as srv:
+        for _ in range(5):  # overlaps are a matter of timing: a few bounded rounds
+            statuses.update(r.status for r in run_load(srv.url, mixed_requests(cancer, 1500), clients=64))
+            if statuses[503]:
+                break
+    log = srv.log_path.read_text(errors="replace")
+    assert statuses[503] > 0 and "ServerDisconnectedError" in log, (statuses, log[-3000:])
+
+
+# --- header_timeout and client_checks_first on a real server -----------------------------------
+
+def open_slowloris(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Trickles one header line every 0.5 s; whether the server closed the connection in time."""
+    deadline, answer = time.monotonic() + seconds, b""
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"X-Slow: 1\r\n")
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except OSError:
+            return True, answer
+        if not chunk:
+            return True, answer
+        answer += chunk
+    return False, answer
+
+
+@pytest.fixture(scope="module")
+def unpatched_server(tmp_path_factory, bentoml_home, trained):
+    def unpatched(settings):
+        settings["app"]["skip_fixes"] = ["header_timeout", "client_checks_first"]
+        settings["app"]["client_timeout_seconds"] = 3
+        settings["services"]["SklearnService"]["traffic"]["timeout"] = 1.5
+
+    config_path = write_config(tmp_path_factory.mktemp("unpatched"), unpatched)
+    with Server(bentoml_home, env={"SERVICE_CONFIG": str(config_path)}) as srv:
+        yield srv
+
+
+def test_unpatched_server_says_so_at_start(unpatched_server):
+    assert "fix header_timeout skipped: listed in app.skip_fixes" in unpatched_server.log()
+
+
+def test_trickled_headers_hold_the_connection_on_unpatched_uvicorn(unpatched_server):
+    with open_slowloris(unpatched_server.url) as sock:
+        assert closed_within(sock, 4.5) == (False, b"")  # well past client_timeout_seconds (3)
+
+
+def test_declared_body_never_sent_gets_a_504_on_unpatched_bentoml(unpatched_server):
+    """With client_checks_first off, RequestGuard waits for the body inside BentoML's request
+    timeout, which answers first: a server error for a client's fault."""
+    host, port = unpatched_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"features\"")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 504")

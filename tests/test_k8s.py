@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
 import kubernetes_validate
 import pytest
+import requests
 import yaml
 
 from sklearn_service import config
-from tests.serving import ROOT
+from tests.serving import ROOT, Server
 
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -86,3 +94,84 @@ def test_inference_service_runs_the_runtime_on_the_v2_protocol():
     env = {e["name"]: e for e in model["env"] + runtime["spec"]["containers"][0]["env"]}
     assert {"MODEL_TAG", "API_KEY"} <= env.keys()
     assert set(KSERVE) == {"ServingRuntime", "InferenceService"}
+
+
+CONTAINER = RESOURCES["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+EMPTY_DIRS = {v["name"] for v in RESOURCES["Deployment"]["spec"]["template"]["spec"]["volumes"] if "emptyDir" in v}
+WRITABLE = {m["mountPath"] for m in CONTAINER["volumeMounts"] if m["name"] in EMPTY_DIRS}
+UID = RESOURCES["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+
+
+def test_root_filesystem_read_only_and_no_capabilities():
+    security = CONTAINER["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["runAsNonRoot"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]} and security["allowPrivilegeEscalation"] is False
+    assert WRITABLE == {"/tmp"}  # what test_serves_with_only_the_declared_paths_writable grants
+
+
+def files_owned_by(uid: int, folders) -> set[Path]:
+    found = set()
+    for folder in folders:
+        for parent, dirs, files in os.walk(folder):  # other processes come and go: skip what vanishes
+            for name in dirs + files:
+                path = Path(parent, name)
+                try:
+                    if path.lstat().st_uid == uid:
+                        found.add(path)
+                except OSError:
+                    pass
+    return found
+
+
+def interpreter_for_others() -> str:
+    """This Python, or the same version elsewhere, at a path any user may execute (a venv may
+    link to an interpreter under /root); the venv's packages come in through PYTHONPATH."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (os.path.realpath(sys.executable), f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        path = Path(candidate)
+        if path.exists() and all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents]):
+            return candidate
+    pytest.skip(f"no {version} that other users may execute")
+
+
+@pytest.fixture
+def request_cleanup():
+    folders = []
+    yield folders
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_serves_with_only_the_declared_paths_writable(bentoml_home, trained, cancer, request_cleanup):
+    """The pod's user (runAsUser) serves from a project and model store it cannot write to; the
+    manifest's emptyDir paths are the only places it may write (here: TMPDIR, owned by it). It
+    answers, and afterwards it owns no file in any other place that user could write to."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="readonly-serve-"))  # pytest's own tmp is root's alone (0700)
+    request_cleanup.append(tmp_path)
+    home = tmp_path / "home"  # a copy of the store, readable by everyone, writable by no one but root
+    shutil.copytree(bentoml_home / "models", home / "models")
+    for name in ("bentos", "envs", "tmp"):  # BentoML creates these at start when missing
+        (home / name).mkdir()
+    writable = tmp_path / "writable-tmp"
+    writable.mkdir()
+    os.chown(writable, UID, UID)
+    for path in [tmp_path, *tmp_path.rglob("*")]:
+        if path != writable and writable not in path.parents:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert os.stat(ROOT).st_uid == 0 and not os.stat(ROOT).st_mode & 0o022  # the project: root's alone
+    world_writable = ["/tmp", "/var/tmp", "/dev/shm"]
+    owned_before = files_owned_by(UID, world_writable)
+    env = {"BENTOML_HOME": str(home), "TMPDIR": str(writable), "HOME": str(home), "MODEL_TAG": trained["tag"]}
+    prefix = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--",
+              "env", f"PYTHONPATH={sysconfig.get_paths()['purelib']}", interpreter_for_others()]
+    with Server(home, env=env, prefix=prefix, log=tmp_path / "serve.log") as srv:
+        answer = requests.post(srv.url + "/predict", json={"features": cancer["X"][0].tolist()}, timeout=10)
+        metrics = requests.get(srv.url + "/metrics", timeout=10)
+        written_while_serving = {p for p in writable.rglob("*")}
+        log = srv.log_path.read_text(errors="replace")
+    assert answer.status_code == 200 and metrics.status_code == 200, log
+    assert "PermissionError" not in log and "Read-only" not in log, log
+    assert written_while_serving  # it did need a writable TMPDIR (metrics files)
+    elsewhere = {p for p in files_owned_by(UID, world_writable) - owned_before if writable not in p.parents}
+    assert not elsewhere, elsewhere

@@ -49,3 +49,44 @@ def test_api_key_optionally_guards_metrics(protect_metrics, metrics_status):
     assert keyed.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
     assert keyed.get("/livez").status_code == 200 and keyed.get("/readyz").status_code == 200
     assert keyed.post("/predict").status_code == 401
+
+
+def guard_a_body_that_never_ends(body_seconds: float) -> tuple[list, float]:
+    """RequestGuard around an app, fed one chunk and then nothing (a client that stalls)."""
+    import asyncio
+    import time
+
+    async def never_reached(scope, receive, send):
+        raise AssertionError("the app must not run")
+
+    async def scenario():
+        chunks = [{"type": "http.request", "body": b'{"features"', "more_body": True}]
+        sent = []
+
+        async def receive():
+            if chunks:
+                return chunks.pop()
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+
+        start = time.monotonic()
+        await RequestGuard(never_reached, max_bytes=100, body_seconds=body_seconds)(
+            {"type": "http", "headers": [(b"content-length", b"100")]}, receive, send)
+        return sent, time.monotonic() - start
+
+    return asyncio.run(scenario())
+
+
+def test_request_guard_answers_408_to_a_body_that_stops_coming():
+    sent, seconds = guard_a_body_that_never_ends(0.2)
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b'"reason":"request_timeout"' in sent[1]["body"] and 0.2 <= seconds < 1
+
+
+@pytest.mark.parametrize("header, status", [("Bearer k", 200), ("bearer k", 200), ("BEARER  k", 200),
+                                            ("Bearer kk", 401), ("Basic k", 401), ("k", 401), ("Bearer", 401)])
+def test_api_key_scheme_is_case_insensitive(header, status):
+    keyed = client((ApiKeyAuth, {"api_key": "k"}))
+    assert keyed.post("/predict", headers={"Authorization": header}).status_code == status
