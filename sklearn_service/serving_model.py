@@ -65,7 +65,8 @@ class ServingModel:
 
     def _row_by_row(self, method: str, rows: np.ndarray, failed) -> np.ndarray:
         """The batch raised: each row alone; a row that still raises comes back as NaN."""
-        logger.warning("model raised on a batch of %d rows; retrying row by row", len(rows))
+        if len(rows) > 1:
+            logger.warning("model raised on a batch of %d rows; retrying row by row", len(rows))
         answers = []
         for row in rows:
             try:
@@ -90,8 +91,6 @@ class ServingModel:
         try:
             return self.convert(method, self._run(method, rows))
         except Exception:
-            if len(rows) == 1:
-                raise
             return self._row_by_row(method, rows, failed)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:

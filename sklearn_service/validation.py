@@ -17,6 +17,7 @@ from sklearn_service.errors import RequestError
 from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
 
 NOTHING = type(None)
+LARGEST = float(np.finfo(np.float32).max)  # trees compare float32: beyond this a number is infinite
 
 
 def _number(value, f: Feature, where: str) -> float:
@@ -30,6 +31,9 @@ def _number(value, f: Feature, where: str) -> float:
         return number  # as null: a missing value
     if not math.isfinite(number):
         raise RequestError("non_finite", f"{where}feature {f.name!r} is not a finite number: {value}")
+    if abs(number) > LARGEST:
+        raise RequestError("out_of_range", f"{where}feature {f.name!r} is out of range: {value} "
+                                           f"(scikit-learn's trees take numbers up to ±{LARGEST:.3g})")
     return number
 
 
@@ -127,6 +131,8 @@ class RowEncoder:
             return None
         finite = np.isfinite(matrix)
         if not finite.all() and not (finite | (np.isnan(matrix) & self.nullable)).all():
+            return None
+        if (np.abs(matrix[finite]) > LARGEST).any():
             return None
         return matrix
 

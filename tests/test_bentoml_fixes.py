@@ -286,6 +286,37 @@ def test_json_schema_built_once_per_type(tiny_factory, monkeypatch):
     assert schema_builds(tiny_factory, monkeypatch, lambda spec: spec.mime_type()) <= 1
 
 
+# --- model_fields_from_the_class -----------------------------------------------------------------
+
+def input_fields_warnings(read) -> tuple[list, list]:
+    """What BentoML's request handler does for every request: the input's fields, read off the instance."""
+    import warnings
+
+    from pydantic import BaseModel
+
+    @bentoml.service
+    class Fields:
+        @bentoml.api
+        def echo(self, x: int, y: str = "a") -> int:
+            return x
+
+    data = Fields.apis["echo"].input_spec(x=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fields = list(read(BaseModel, data))
+    return fields, [w for w in caught if "model_fields" in str(w.message)]
+
+
+def test_reading_input_fields_warns_on_every_request_on_unpatched_bentoml():
+    fields, warned = input_fields_warnings(lambda base, data: base.__dict__["model_fields"].__get__(data, type(data)))
+    assert fields == ["x", "y"] and warned
+
+
+def test_input_fields_read_without_a_warning():
+    fields, warned = input_fields_warnings(lambda base, data: data.model_fields)
+    assert fields == ["x", "y"] and not warned
+
+
 # --- runner_connection (configuration, not a patch): BentoML's session refresh -----------------
 
 def mixed_requests(cancer, count: int) -> list:

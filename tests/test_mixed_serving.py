@@ -9,6 +9,7 @@ import time
 
 import bentoml
 import joblib
+import numpy as np
 import pytest
 import requests
 import skops.io
@@ -224,3 +225,28 @@ def test_swagger_page_shows_typed_features_and_its_example_request_succeeds(peng
         assert body["prediction"] in ("Adelie", "Chinstrap", "Gentoo")
         page.screenshot(path=str(tmp_path / "swagger-try-it-out.png"))
         browser.close()
+
+
+def test_a_row_the_model_raises_on_fails_alone(bentoml_home):
+    """A model saved without metadata may take missing values or not: its inferred signature
+    lets them through, and the model's refusal is that row's 422, never its batch-mates' error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    model = GradientBoostingClassifier(n_estimators=10, random_state=0).fit(X, X[:, 0] > 0)  # refuses NaN
+    bentoml.sklearn.save_model("refuses_nan", model)
+    with Server(bentoml_home, env={"MODEL_TAG": "refuses_nan:latest"}) as srv:
+        refused = post(srv, "/predict_batch", {"instances": [X[0].tolist(), [1.0, None, 2.0]]})
+        assert refused.status_code == 422 and refused.json()["reason"] == "model_refused_row"
+        assert "instance(s) [1]" in refused.json()["error"]
+        payloads = [[1.0, None, 2.0] if i % 4 == 0 else X[i].tolist() for i in range(80)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda row: post(srv, "/predict", {"features": row}), payloads))
+        for row, answer in zip(payloads, answers):
+            if None in row:
+                assert answer.status_code == 422
+            else:
+                assert answer.status_code == 200 and answer.json()["prediction"] == bool(model.predict([row])[0])

@@ -37,6 +37,7 @@ def test_positional_and_named_rows_agree():
     ([1, math.nan, 3], "non_finite", "feature 'b' is not a finite number"),
     ([1, 2, math.inf], "non_finite", "feature 'c'"),
     ([1, 2, 10**400], "non_finite", "feature 'c'"),
+    ([1, 2, -1e300], "out_of_range", "feature 'c' is out of range"),
     ([1, "2", 3], "wrong_type", "feature 'b' must be a number, got a string ('2')"),
     ([True, 2, 3], "wrong_type", "feature 'a' must be a number, got a boolean"),
     ([1, None, 3], "missing_value", "feature 'b' may not be missing"),
@@ -56,6 +57,8 @@ def test_batches_are_bounded_and_errors_name_the_row():
     assert reason == "wrong_length" and message.startswith("instance 1: ")
     reason, message, _ = reason_of(lambda: SCHEMA.matrix([[1, 2, 3], [1, 2, "x"]], 5))
     assert reason == "wrong_type" and message.startswith("instance 1: feature 'c'")
+    reason, message, _ = reason_of(lambda: SCHEMA.matrix([[1, 2, 3], [1, 2, 4e38]], 5))
+    assert reason == "out_of_range" and message.startswith("instance 1: feature 'c'")
     reason, message, _ = reason_of(lambda: SCHEMA.matrix([[1, 2, 3], [1, False, 3]], 5))
     assert reason == "wrong_type" and "feature 'b'" in message
 
