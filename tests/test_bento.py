@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 
 import pytest
 import requests
 
+from bench.measure import stop as stop_tree
 from tests.serving import BENTOML, ROOT, Server, free_port
 
 BASE_IMAGE = "localhost/python:3.11-local"
@@ -90,7 +90,6 @@ def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained,
                               capture_output=True, text=True).stdout.strip()
         print(f"\nimage {image}: {size}")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        stop_tree(server, 30)  # the image's processes are buildah's children, in no group of its own
         subprocess.run(["buildah", "rm", container], capture_output=True)
         subprocess.run(["buildah", "rmi", image], capture_output=True)
