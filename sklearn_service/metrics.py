@@ -54,12 +54,11 @@ class ServiceMetrics:
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
                                                   or Histogram.DEFAULT_BUCKETS))
         # series for every known feature and class exist from start-up, at 0 (no "no data" after a restart)
-        for name in self.feature_names:
-            self.out_of_range.labels(name)
+        self._out_of_range = [self.out_of_range.labels(name) for name in self.feature_names]
         for column in self.category_columns:
             self.unseen.labels(self.feature_names[column])
-        for name in self.class_names or []:
-            self.classes.labels(tag, name)
+        self._classes = [self.classes.labels(tag, name) for name in self.class_names or []]
+        self._endpoint_children: dict[str, tuple] = {}
         info = Gauge("ml_model_info", "The model being served (value 1)", ["model_tag", "task", "model_kind", "created"],
                      multiprocess_mode="livemax")
         info.labels(tag, signature.task, model_kind, created).set(1)
@@ -69,11 +68,16 @@ class ServiceMetrics:
             self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"])
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
-        self.predictions.labels(endpoint, self.tag, "success").inc(len(rows))
-        self.latency.labels(endpoint).observe(seconds)
-        outside = np.count_nonzero((rows < self.low) | (rows > self.high), axis=0)
-        for column in np.flatnonzero(outside):
-            self.out_of_range.labels(self.feature_names[column]).inc(int(outside[column]))
+        # Runs for every request: label children are looked up once per endpoint or feature, and the
+        # per-feature counters are touched only where something was counted.
+        served, latency = self._per_endpoint(endpoint)
+        served.inc(len(rows))
+        latency.observe(seconds)
+        outside = (rows < self.low) | (rows > self.high)
+        if outside.any():
+            for column, count in enumerate(np.count_nonzero(outside, axis=0).tolist()):
+                if count:
+                    self._out_of_range[column].inc(count)
         if self.category_columns:
             unseen = np.count_nonzero(rows[:, self.category_columns] == UNSEEN_CODE, axis=0)
             for column, count in zip(self.category_columns, unseen.tolist()):
@@ -82,12 +86,21 @@ class ServiceMetrics:
         if self.drift is not None:
             self.drift.observe(rows, predictions)
         if self.class_names is not None:
-            indices, counts = np.unique(predictions.astype(int), return_counts=True)
-            for index, count in zip(indices, counts):
-                self.classes.labels(self.tag, self.class_names[index]).inc(int(count))
+            counts = np.bincount(predictions.astype(int), minlength=len(self.class_names))
+            for index, count in enumerate(counts.tolist()):
+                if count:
+                    self._classes[index].inc(count)
         else:
-            for value in predictions:
-                self.values.labels(self.tag).observe(float(value))
+            values = self.values.labels(self.tag)
+            for value in predictions.tolist():
+                values.observe(value)
+
+    def _per_endpoint(self, endpoint: str):
+        found = self._endpoint_children.get(endpoint)
+        if found is None:
+            found = self._endpoint_children[endpoint] = (self.predictions.labels(endpoint, self.tag, "success"),
+                                                         self.latency.labels(endpoint))
+        return found
 
     def reject(self, endpoint: str, reason: str, rows: int) -> None:
         self.rejected.labels(endpoint, reason).inc()

@@ -317,6 +317,42 @@ def test_input_fields_read_without_a_warning():
     assert fields == ["x", "y"] and not warned
 
 
+# --- api_signature_cached ----------------------------------------------------------------------
+
+def look_up_five_times(monkeypatch, module_inspect) -> None:
+    """What BentoML does for every request: look the API method up on the service instance."""
+    import _bentoml_sdk.method as method_module
+
+    @bentoml.service
+    class Lookups:
+        @bentoml.api
+        def echo(self, x: int) -> int:
+            return x
+
+    monkeypatch.setattr(method_module, "inspect", module_inspect)
+    instance = Lookups()
+    for _ in range(5):
+        assert getattr(instance, "echo").local(x=3) == 3
+
+
+def test_signature_built_on_every_lookup_on_unpatched_bentoml(monkeypatch):
+    import inspect
+
+    built = []
+    real = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda f, **k: built.append(f) or real(f, **k))
+    look_up_five_times(monkeypatch, ORIGINAL["method.inspect"])
+    assert len([f for f in built if f.__name__ == "echo"]) >= 5
+
+
+def test_signature_built_once_per_function(monkeypatch):
+    cached = bentoml_fixes._CachedSignatures()
+    cached.signature.cache_clear()
+    look_up_five_times(monkeypatch, cached)
+    info = cached.signature.cache_info()
+    assert info.hits >= 4 and info.misses <= 2
+
+
 # --- runner_connection (configuration, not a patch): BentoML's session refresh -----------------
 
 def mixed_requests(cancer, count: int) -> list:
