@@ -109,7 +109,8 @@ def test_two_api_workers_publish_the_most_drifted_window_and_the_rows_of_both(mo
     rows = json_rows(frame[FEATURES])
     requests_ = [("/predict_batch", {"instances": rows[i:i + 10]}) for i in range(0, len(rows), 10)]
     with Server(bentoml_home, env={"MODEL_TAG": model, "SERVICE_CONFIG": str(config)}) as srv:
-        results = run_load(srv.url, requests_, clients=16)
+        # a connection per request: kept-alive connections may all land on one worker
+        results = run_load(srv.url, requests_, clients=16, new_connections=True)
         assert [r.status for r in results] == [200] * len(requests_)
         gauges = wait_for(lambda: drift_gauges(srv.url), lambda g: g["rows"] == len(frame))
 
