@@ -26,14 +26,14 @@ from sklearn_service.metrics import ServiceMetrics
 from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, label_value, row_type
-from sklearn_service.signature import stored_signature
+from sklearn_service.signature import describe_stored
 from sklearn_service.validation import RowEncoder
 
 bentoml_fixes.apply()
 logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
-SIGNATURE = stored_signature(MODEL.stored)  # validation, OpenAPI schema, metrics and payload log
+SIGNATURE, MODEL_KIND = describe_stored(MODEL.stored)  # validation, OpenAPI schema, metrics, payload log
 Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
 APP = config.app()
@@ -77,15 +77,15 @@ class SklearnService:
         meta = info.metadata
         self.schema = RowEncoder(SIGNATURE, reject_unseen=APP["unknown_categories"] == "reject")
         self.labels = None if SIGNATURE.classes is None else [label_value(c) for c in SIGNATURE.classes]
+        self.label_keys = None if SIGNATURE.classes is None else [str(c) for c in SIGNATURE.classes]
         self.max_rows = int(APP["max_batch_rows"])
         self.runner_dead_seconds = float(APP["runner_dead_seconds"])
-        model_kind = meta.get("model_kind") or type(bentoml.sklearn.load_model(MODEL.stored)).__name__
         self.metadata = {"tag": str(info.tag), "created": info.creation_time.isoformat(),
-                         "task": SIGNATURE.task, "model_kind": model_kind,
+                         "task": SIGNATURE.task, "model_kind": MODEL_KIND,
                          "feature_names": SIGNATURE.names, "classes": SIGNATURE.classes,
                          "input_schema": SIGNATURE.json_schema(), "signature": SIGNATURE.to_metadata(),
                          **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
-        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], SIGNATURE, model_kind,
+        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], SIGNATURE, MODEL_KIND,
                                       drift=APP["drift"])
         monitoring = config.service("SklearnService").get("monitoring", {})
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), SIGNATURE)
@@ -132,7 +132,7 @@ class SklearnService:
 
         return await self._serve("/predict_proba", 1, shape, self._predict_proba,
                                  lambda out: Probabilities(prediction=self.labels[int(np.argmax(out[0]))],
-                                                           probabilities=dict(zip(map(str, SIGNATURE.classes),
+                                                           probabilities=dict(zip(self.label_keys,
                                                                                   out[0].tolist()))))
 
     def _label(self, value: float):

@@ -55,8 +55,7 @@ class ServiceMetrics:
                                                   or Histogram.DEFAULT_BUCKETS))
         # series for every known feature and class exist from start-up, at 0 (no "no data" after a restart)
         self._out_of_range = [self.out_of_range.labels(name) for name in self.feature_names]
-        for column in self.category_columns:
-            self.unseen.labels(self.feature_names[column])
+        self._unseen = [self.unseen.labels(self.feature_names[column]) for column in self.category_columns]
         self._classes = [self.classes.labels(tag, name) for name in self.class_names or []]
         self._endpoint_children: dict[str, tuple] = {}
         info = Gauge("ml_model_info", "The model being served (value 1)", ["model_tag", "task", "model_kind", "created"],
@@ -80,9 +79,9 @@ class ServiceMetrics:
                     self._out_of_range[column].inc(count)
         if self.category_columns:
             unseen = np.count_nonzero(rows[:, self.category_columns] == UNSEEN_CODE, axis=0)
-            for column, count in zip(self.category_columns, unseen.tolist()):
+            for counter, count in zip(self._unseen, unseen.tolist()):
                 if count:
-                    self.unseen.labels(self.feature_names[column]).inc(count)
+                    counter.inc(count)
         if self.drift is not None:
             self.drift.observe(rows, predictions)
         if self.class_names is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from sklearn_service.signature import Signature
+from sklearn_service.signature import Signature, decode_categories
 
 MONITOR_NAME = "predictions"
 UNSEEN_TEXT = "<unseen>"
@@ -24,8 +24,7 @@ def decoded_columns(signature: Signature, rows: np.ndarray) -> dict[str, list]:
     for i, f in enumerate(signature.features):
         column = rows[:, i]
         if f.is_category:
-            values = np.array([*f.categories, None, UNSEEN_TEXT], dtype=object)  # code -1: the last
-            columns[f.name] = values[np.where(np.isnan(column), len(f.categories), column).astype(int)].tolist()
+            columns[f.name] = decode_categories(column, f.categories, UNSEEN_TEXT, None).tolist()
         else:
             columns[f.name] = np.where(np.isnan(column), None, column).tolist()
     return columns

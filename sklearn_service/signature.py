@@ -139,9 +139,7 @@ class Signature:
             column = X[:, i]
             missing = np.isnan(column)
             if f.is_category:
-                values = np.array([*f.categories, _unseen_value(f.categories)], dtype=object)
-                decoded = values[np.where(missing, 0, column).astype(np.int64)]  # -1: the last, unseen
-                decoded[missing] = np.nan
+                decoded = decode_categories(column, f.categories, _unseen_value(f.categories), np.nan)
                 columns[f.name] = pd.Series(decoded, dtype=object)
             elif f.dtype == "int64" and not missing.any():
                 columns[f.name] = column.astype(np.int64)
@@ -194,6 +192,12 @@ def _encoded_categories(model, names: list[str]) -> dict[str, list]:
                 found.update({c: _json_list(cats) for c, cats in zip(columns, encoder.categories_)})
         break  # only the first step sees the model's own features
     return found
+
+
+def decode_categories(codes: np.ndarray, categories: list, unseen, missing) -> np.ndarray:
+    """Category codes back to values (object array): UNSEEN_CODE -> `unseen`, NaN -> `missing`."""
+    values = np.array([*categories, missing, unseen], dtype=object)  # UNSEEN_CODE (-1) picks the last
+    return values[np.where(np.isnan(codes), len(categories), codes).astype(np.int64)]
 
 
 def _unseen_value(categories: list):
@@ -308,9 +312,17 @@ def describe(signature: Signature) -> t.Iterator[str]:
 
 def stored_signature(model) -> Signature:
     """A stored model's signature; for a model saved without one, inferred from the estimator."""
-    found = Signature.from_metadata(model.info.metadata)
-    if found is None:
-        import bentoml
+    return describe_stored(model)[0]
 
-        found = Signature.from_estimator(bentoml.sklearn.load_model(model))
-    return found
+
+def describe_stored(model) -> tuple[Signature, str]:
+    """A stored model's signature and model kind; a model saved without metadata is loaded once
+    to infer both."""
+    metadata = model.info.metadata
+    found = Signature.from_metadata(metadata)
+    if found is not None and "model_kind" in metadata:
+        return found, metadata["model_kind"]
+    import bentoml
+
+    estimator = bentoml.sklearn.load_model(model)
+    return found or Signature.from_estimator(estimator), metadata.get("model_kind") or type(estimator).__name__
