@@ -39,6 +39,7 @@ from _bentoml_sdk.io_models import IODescriptor, IOMixin
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.context import trace_context
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
+from bentoml._internal.utils.circus import Arbiter as BentoArbiter
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 
@@ -53,6 +54,7 @@ ORIGINAL = {
     "MaxConcurrencyMiddleware.__call__": MaxConcurrencyMiddleware.__call__,
     "ensure_prometheus_dir": bentoml.serving.ensure_prometheus_dir,
     "Arbiter._stop_watchers": Arbiter._stop_watchers,
+    "BentoArbiter.stop": BentoArbiter.stop,
     "ServiceAppFactory.middlewares": ServiceAppFactory.middlewares.fget,
     "IOMixin.mime_type": IOMixin.mime_type.__func__,
     "method.inspect": bentoml_method_module.inspect,
@@ -173,6 +175,15 @@ def _stop_entry_service_first(self, close_output_streams=False, watcher_iter_fun
     watchers = (watcher_iter_func or self.iter_watchers)(reverse=False)
     for stage in ([w for w in watchers if w.name == ENTRY_WATCHER], [w for w in watchers if w.name != ENTRY_WATCHER]):
         yield gen.multi([w._stop(close_output_streams) for w in stage])
+
+
+def _stop_then_clean_up(self: BentoArbiter):
+    """BentoML's arbiter ran its clean-up (which removes the folder of the services' Unix sockets)
+    before stopping the services: a draining API worker that needed a new connection to the runner
+    found no socket and answered 503. The clean-up now runs once every service has stopped."""
+    stopping = Arbiter.stop(self)
+    stopping.add_done_callback(lambda _: self.exit_stack.__exit__(None, None, None))
+    return stopping
 
 
 class RequestId:
@@ -354,10 +365,13 @@ def _install_drain_without_resets() -> None:
                 server.close()
             loop, config = asyncio.get_running_loop(), self.config
             for connection in queued:
-                await loop.connect_accepted_socket(
-                    lambda: config.http_protocol_class(config=config, server_state=self.server_state,
-                                                       app_state=self.lifespan.state),
-                    connection, ssl=config.ssl)
+                try:
+                    await loop.connect_accepted_socket(
+                        lambda: config.http_protocol_class(config=config, server_state=self.server_state,
+                                                           app_state=self.lifespan.state),
+                        connection, ssl=config.ssl)
+                except OSError:  # the client has gone
+                    connection.close()
         await server_shutdown(self, sockets)
 
     def connection_shutdown(self: HttpToolsProtocol) -> None:
@@ -414,6 +428,8 @@ FIXES = [
         lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(ClientErrorsAsWarnings())),
     Fix("entry_service_stops_first", "bentoml", WRITTEN_FOR,
         lambda: setattr(Arbiter, "_stop_watchers", _stop_entry_service_first)),
+    Fix("socket_folder_removed_last", "bentoml", WRITTEN_FOR,
+        lambda: setattr(BentoArbiter, "stop", _stop_then_clean_up)),
     Fix("tracing_only_with_an_exporter", "bentoml", WRITTEN_FOR,
         lambda: _wrap_middlewares(lambda factory, middlewares: _tracing_only_with_an_exporter(middlewares))),
     Fix("client_checks_first", "bentoml", "==1.4.40",

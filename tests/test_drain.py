@@ -20,7 +20,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
+from bentoml._internal.utils.uri import uri_to_path
 
 from sklearn_service import bentoml_fixes
 from tests.serving import Server, write_config
@@ -56,7 +58,7 @@ def requests_for(port: int, features: list[list[float]], keep_alive: bool) -> li
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, request: bytes) -> Outcome:
-    outcome = Outcome("reset", path)
+    outcome = Outcome("reset", path=path)
     try:
         writer.write(request)
         await writer.drain()
@@ -98,9 +100,10 @@ async def client(port: int, features, style: str, until: float, outcomes: list[O
             writer = None
 
 
-async def load_and_signal(port: int, features, term, seconds: float) -> tuple[list, Outcome]:
+async def load_and_signal(port: int, features, term, draining, seconds: float) -> tuple[list, Outcome, object]:
     """CLIENTS clients of each style, and `term()` after 1.5 s. Also one connection that is idle at
-    the signal, kept alive from a request before it, sends another request PROBE_AFTER seconds after it."""
+    the signal, kept alive from a request before it, sends another request PROBE_AFTER seconds after
+    it; then `draining()` looks at the server while it still drains (the probe's connection is open)."""
     outcomes: list[Outcome] = []
     until = time.monotonic() + seconds
     clients = [asyncio.create_task(client(port, features, style, until, outcomes))
@@ -114,22 +117,26 @@ async def load_and_signal(port: int, features, term, seconds: float) -> tuple[li
     term()
     await asyncio.sleep(PROBE_AFTER)
     probe = await exchange(reader, writer, *probe_request)
+    seen = draining()
     writer.close()
     await asyncio.gather(*clients)
-    return outcomes, probe
+    return outcomes, probe, seen
 
 
 def sigterm_under_load(home: Path, features: list[list[float]], env: dict | None = None, seconds: float = 25) -> dict:
     """Serves, loads, sends SIGTERM to the server's process (as an orchestrator does) and counts
     what the clients saw."""
     with Server(home, env=env) as server:
+        worker = psutil.Process(server.process.pid).children()[0]
+        runner_socket = Path(uri_to_path(json.loads(worker.environ()["BENTOML_RUNNER_MAP"])["ModelRunner"]))
         signalled = []
 
         def term() -> None:
             signalled.append(time.monotonic())
             server.process.send_signal(signal.SIGTERM)
 
-        outcomes, probe = asyncio.run(load_and_signal(server.port, features, term, seconds))
+        outcomes, probe, socket_while_draining = asyncio.run(
+            load_and_signal(server.port, features, term, runner_socket.exists, seconds))
         server.process.wait(30)
         exited_after = time.monotonic() - signalled[0]
     term_at = signalled[0]
@@ -138,6 +145,7 @@ def sigterm_under_load(home: Path, features: list[list[float]], env: dict | None
     return {"outcomes": outcomes, "counts": counts, "probe": probe, "exit_code": server.process.returncode,
             "exited_after": exited_after, "after_signal": sum(o.done > term_at for o in outcomes),
             "lost_before_signal": [o for o in outcomes if o.kind != "answered" and 0 < o.sent < term_at],
+            "runner_socket_while_draining": socket_while_draining, "socket_folder_left": runner_socket.parent.exists(),
             "log": server.log()}
 
 
@@ -147,6 +155,7 @@ def summary(result: dict) -> str:
     return (f"{counts}; answered after the signal: {result['after_signal']}; "
             f"lost though sent before it: {len(result['lost_before_signal'])}; idle kept-alive connection "
             f"{PROBE_AFTER} s after it: {probe.kind} {probe.status or ''}{' (Connection: close)' if probe.closes else ''}; "
+            f"runner's socket while draining: {'there' if result['runner_socket_while_draining'] else 'gone'}; "
             f"exit {result['exit_code']} after {result['exited_after']:.1f} s")
 
 
@@ -166,18 +175,28 @@ def test_sigterm_answers_every_request_sent_then_refuses(bentoml_home, trained, 
             assert json.loads(o.body) == ({"prediction": expected[0]} if o.path == "/predict" else {"predictions": expected})
     probe = result["probe"]
     assert probe.kind == "answered" and probe.status == 200 and probe.closes, summary(result)
+    # a draining API worker can still open connections to the runner; the folder goes at exit
+    assert result["runner_socket_while_draining"] and not result["socket_folder_left"], summary(result)
     assert result["exit_code"] == 0 and result["exited_after"] < 15, summary(result)
 
 
-def test_sigterm_resets_requests_on_unpatched_uvicorn(tmp_path, bentoml_home, trained, features):
-    """With the fix off: connections made during the drain queue on a socket that nobody accepts
-    from and are reset at exit, and an idle kept-alive connection is closed under its next request."""
+def test_sigterm_resets_requests_on_unpatched_uvicorn_and_bentoml(tmp_path, bentoml_home, trained, features):
+    """With the fixes off: connections made during the drain queue on a socket that nobody accepts
+    from and are reset at exit, an idle kept-alive connection is closed under its next request, and
+    the runner's socket is removed while the API worker still drains."""
     def unpatched(settings):
-        settings["app"]["skip_fixes"] = ["drain_without_resets"]
+        settings["app"]["skip_fixes"] = ["drain_without_resets", "socket_folder_removed_last"]
 
     result = sigterm_under_load(bentoml_home, features, env={"SERVICE_CONFIG": str(write_config(tmp_path, unpatched))})
     assert all(counts["reset"] > 0 for counts in result["counts"].values()), summary(result)
-    assert result["probe"].kind == "reset", summary(result)
+    assert result["probe"].kind == "reset" and not result["runner_socket_while_draining"], summary(result)
+
+
+def test_a_fix_is_skipped_when_any_package_it_relies_on_differs():
+    fix = bentoml_fixes.Fix("both_sides", "uvicorn", ">=0", lambda: None, also=(("kantoku", ">=99"),))
+    assert bentoml_fixes.status(fix, frozenset()).startswith("skipped: written for kantoku >=99, installed ")
+    (drain,) = [f for f in bentoml_fixes.FIXES if f.name == "drain_without_resets"]
+    assert {package for package, _ in drain.also} == {"kantoku", "bentoml"}  # the arbiter's side
 
 
 # --- timeout_timer_cancelled: an app that ends without answering ------------------------------
