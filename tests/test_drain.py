@@ -164,6 +164,14 @@ def features(cancer) -> list[list[float]]:
     return cancer["X"][:BATCH_ROWS].tolist()
 
 
+def unpatched(folder: Path) -> dict:
+    """The environment for a server with this drain's fixes off."""
+    def skip(settings):
+        settings["app"]["skip_fixes"] = ["drain_without_resets", "socket_folder_removed_last"]
+
+    return {"SERVICE_CONFIG": str(write_config(folder, skip))}
+
+
 def test_sigterm_answers_every_request_sent_then_refuses(bentoml_home, trained, features):
     result = sigterm_under_load(bentoml_home, features)
     for counts in result["counts"].values():  # no reset, timeout or error status; every client ends refused
@@ -184,10 +192,7 @@ def test_sigterm_resets_requests_on_unpatched_uvicorn_and_bentoml(tmp_path, bent
     """With the fixes off: connections made during the drain queue on a socket that nobody accepts
     from and are reset at exit, an idle kept-alive connection is closed under its next request, and
     the runner's socket is removed while the API worker still drains."""
-    def unpatched(settings):
-        settings["app"]["skip_fixes"] = ["drain_without_resets", "socket_folder_removed_last"]
-
-    result = sigterm_under_load(bentoml_home, features, env={"SERVICE_CONFIG": str(write_config(tmp_path, unpatched))})
+    result = sigterm_under_load(bentoml_home, features, env=unpatched(tmp_path))
     assert all(counts["reset"] > 0 for counts in result["counts"].values()), summary(result)
     assert result["probe"].kind == "reset" and not result["runner_socket_while_draining"], summary(result)
 
@@ -223,13 +228,18 @@ def test_an_app_that_ends_without_answering_does_not_hold_the_request():
 def main() -> None:
     parser = argparse.ArgumentParser(description=f"SIGTERM under load: what {CLIENTS} clients of each style see")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--unpatched", action="store_true", help="with the drain's fixes off")
     args = parser.parse_args()
+    import tempfile
+
     from sklearn.datasets import load_breast_cancer
 
     features = load_breast_cancer().data[:BATCH_ROWS].tolist()
     home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
-    for _ in range(args.rounds):
-        print(summary(sigterm_under_load(home, features)), flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        env = unpatched(Path(folder)) if args.unpatched else None
+        for _ in range(args.rounds):
+            print(summary(sigterm_under_load(home, features, env)), flush=True)
 
 
 if __name__ == "__main__":
