@@ -17,17 +17,13 @@ import numpy as np
 import pandas as pd
 import sklearn
 
+from sklearn_service import skops_load
 from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
 from sklearn_service.training import DataError, TrainingResult, holdout_metrics, read_csv, reference_sample, versions
+from sklearn_service.user_input import MAX_MODEL_BYTES, shown
 
 SAFE_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-# skops lists even scikit-learn's own tree and numpy's dtype as "untrusted"; these are the
-# data types a fitted estimator is made of. Functions (e.g. a FunctionTransformer's) are not
-# among them: those the user names with --trust-types after reading the file's list.
-TRUSTED_PREFIXES = ("sklearn.",)
-TRUSTED_TYPES = {"numpy.dtype", "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937",
-                 "numpy.random._pcg64.PCG64", "numpy.random._generator.Generator", "collections.OrderedDict"}
 
 
 def file_sha256(path: Path) -> str:
@@ -36,24 +32,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
-
-
-def _load_skops(path: Path, trust_types: list[str]):
-    import skops.io
-
-    try:
-        listed = skops.io.get_untrusted_types(file=path)
-    except Exception as exc:
-        raise DataError(f"{path} is not a valid .skops file ({type(exc).__name__}: {exc})") from None
-    untrusted = [name for name in listed if not name.startswith(TRUSTED_PREFIXES)
-                 and name not in TRUSTED_TYPES and name not in trust_types]
-    if untrusted:
-        raise DataError(f"refusing to load {path}: it holds types skops does not trust: {untrusted[:8]} "
-                        "(after checking them, name them with --trust-types)")
-    try:
-        return skops.io.load(path, trusted=listed)
-    except Exception as exc:
-        raise DataError(f"{path} could not be loaded ({type(exc).__name__}: {exc})") from None
 
 
 def _load_pickle(path: Path, trust_pickle: bool):
@@ -68,7 +46,8 @@ def _load_pickle(path: Path, trust_pickle: bool):
         raise DataError(f"{path} could not be loaded as a pickle ({type(exc).__name__}: {exc})") from None
 
 
-def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = ()) -> tuple[object, str]:
+def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = (),
+                    max_bytes: int = MAX_MODEL_BYTES) -> tuple[object, str]:
     """The model and the scikit-learn version it was made with."""
     path = Path(path)
     if not path.is_file():
@@ -78,7 +57,7 @@ def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: l
         raise DataError(f"{path} is neither a .skops nor a .joblib/.pkl file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", sklearn.exceptions.InconsistentVersionWarning)
-        model = _load_skops(path, trust_types) if suffix in SAFE_SUFFIXES else _load_pickle(path, trust_pickle)
+        model = skops_load.load(path, trust_types, max_bytes) if suffix in SAFE_SUFFIXES else _load_pickle(path, trust_pickle)
     made_with = next((str(w.message.original_sklearn_version) for w in caught
                       if issubclass(w.category, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
     return model, made_with

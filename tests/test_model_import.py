@@ -113,7 +113,7 @@ BAD_IMPORTS = {
                          "not a scikit-learn estimator"),
     "not fitted": (lambda p: skops.io.dump(_unfitted(), p), ".skops", [], "is not fitted"),
     "untrusted type": (lambda p: skops.io.dump(_untrusted_pipeline(), p), ".skops", [],
-                       "types skops does not trust: ['tests.test_model_import.doubled']"),
+                       "code (functions or callables it would run): ['tests.test_model_import.doubled']"),
     "corrupt skops": (lambda p: p.write_bytes(b"PK\x03\x04 not really"), ".skops", [], "not a valid .skops file"),
     "neither format": (lambda p: p.write_text("weights"), ".txt", [], "neither a .skops nor a .joblib/.pkl"),
     "missing file": (lambda p: None, ".skops", [], "model file not found"),

@@ -1,0 +1,270 @@
+""".skops trust: exact names only, never a prefix; no code from the file runs unless named; tree contents checked.
+
+The crafted files are real skops dumps whose schema.json is rewritten inside the zip, as an attacker would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import bentoml
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io
+from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import (GradientBoostingClassifier, HistGradientBoostingClassifier, RandomForestClassifier,
+                              StackingClassifier)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer
+
+import train as train_cli
+from tests.byo_models import penguin_classifier
+
+
+def store_tags() -> set[str]:
+    return {str(m.tag) for m in bentoml.models.list()}
+
+
+def rewrite_schema(path, edit) -> None:
+    """Rewrites schema.json inside a .skops zip with edit(schema dict)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    schema = json.loads(members["schema.json"])
+    edit(schema)
+    members["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def nodes(schema, loader):
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("__loader__") == loader:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(schema)
+    return found
+
+
+def refused(args, capsys) -> str:
+    before = store_tags()
+    code = train_cli.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert store_tags() == before
+    return err
+
+
+def test_a_function_re_exported_under_sklearn_is_not_trusted(tmp_path, capsys):
+    """The reported gadget: subprocess.check_output renamed sklearn.utils._testing.check_output in a
+    FunctionTransformer, with shell=True it runs the column name on every predict."""
+    marker = tmp_path / "ran"
+    frame = pd.DataFrame({f"touch {marker}": [1.0, 2.0, 3.0, 4.0]})
+    gadget = Pipeline([("f", FunctionTransformer()), ("m", DummyClassifier())]).fit(frame, [0, 1, 0, 1])
+    gadget[0].func, gadget[0].kw_args = subprocess.check_output, {"shell": True}
+    path = tmp_path / "gadget.skops"
+    skops.io.dump(gadget, path)
+
+    def rename(schema):
+        (function,) = nodes(schema, "FunctionNode")
+        assert function["__module__"] == "subprocess"
+        function["__module__"] = "sklearn.utils._testing"
+    rewrite_schema(path, rename)
+    err = refused(["--import-model", str(path), "--name", "gadget"], capsys)
+    assert "sklearn.utils._testing.check_output" in err and "--trust-types" in err
+    assert not marker.exists()
+
+
+def load_time_call(module: str, name: str, args: list):
+    """A ConstructorFromReduceNode: skops calls module.name(*args) while loading, if it trusts the name."""
+    return {"__class__": name, "__module__": module, "__loader__": "ConstructorFromReduceNode",
+            "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
+                        "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                                     "content": json.dumps(a), "is_json": True} for a in args]}}
+
+
+# callables found under sklearn.* (and elsewhere) that are functions from os, subprocess, importlib, builtins
+CALLS = {
+    "os.makedirs as sklearn.datasets._base.makedirs": ("sklearn.datasets._base", "makedirs", ["{marker}"]),
+    "os.remove as sklearn.datasets._california_housing.remove": ("sklearn.datasets._california_housing",
+                                                                  "remove", ["{victim}"]),
+    "subprocess.check_output as sklearn.utils._testing.check_output": ("sklearn.utils._testing", "check_output",
+                                                                       ["touch {marker}"]),
+    "importlib.import_module as sklearn.utils.discovery.import_module": ("sklearn.utils.discovery",
+                                                                        "import_module", ["evil_module_on_path"]),
+    "open as numpy.lib._datasource._open": ("numpy.lib._datasource", "_open", ["{marker}", "w"]),
+    "builtins.eval": ("builtins", "eval", ["__import__('pathlib').Path('{marker}').touch()"]),
+}
+
+
+@pytest.mark.parametrize("case", CALLS)
+def test_re_exported_callables_are_refused_by_name_and_never_run(case, tmp_path, capsys, monkeypatch):
+    module, name, args = CALLS[case]
+    marker, victim = tmp_path / "ran", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "evil_module_on_path.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [a.format(marker=marker, victim=victim) for a in args]
+    if name == "check_output":
+        args = [["sh", "-c", args[0]]]
+    X = np.arange(8.0).reshape(4, 2)
+    model = make_pipeline(FunctionTransformer(np.log1p), DummyClassifier()).fit(X, [0, 1, 0, 1])
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+
+    def replace(schema):
+        (function,) = nodes(schema, "FunctionNode")
+        function.clear()
+        function.update(load_time_call(module, name, args))
+        if isinstance(args[0], list):
+            function["content"]["content"][0] = {
+                "__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+                "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+                             "content": json.dumps(a), "is_json": True} for a in args[0]]}
+    rewrite_schema(path, replace)
+    err = refused(["--import-model", str(path), "--name", "gadget"], capsys)
+    assert f"{module}.{name}" in err
+    assert not marker.exists() and victim.read_text() == "keep me"
+
+
+def test_an_implicit_type_named_as_a_function_is_still_code_the_user_must_name(tmp_path, capsys):
+    """Trust is per exact name: sklearn's own estimators are trusted as estimators, not as functions."""
+    X = np.arange(8.0).reshape(4, 2)
+    model = make_pipeline(FunctionTransformer(np.log1p), DummyClassifier()).fit(X, [0, 1, 0, 1])
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+
+    def as_function(schema):
+        (function,) = nodes(schema, "FunctionNode")
+        function.update({"__module__": "sklearn.utils._testing", "__class__": "check_output"})
+    rewrite_schema(path, as_function)
+    err = refused(["--import-model", str(path), "--name", "gadget", "--trust-types", "sklearn.utils._testing"],
+                  capsys)
+    assert "code (functions or callables it would run): ['sklearn.utils._testing.check_output']" in err
+
+
+def _frame(rows=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"a": rng.normal(size=rows), "b": rng.normal(size=rows),
+                      "c": rng.choice(["x", "y", "z"], rows)})
+    return X, (X["a"] + (X["c"] == "x") > 0).astype(int)
+
+
+def _numbers(rows=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 4))
+    return X, (X[:, 0] > 0).astype(int)
+
+
+def ordinary_models():
+    X, y = _numbers()
+    frame, fy = _frame()
+    columns = ColumnTransformer([("n", SimpleImputer(), ["a", "b"]), ("c", OneHotEncoder(handle_unknown="ignore"),
+                                                                       ["c"])])
+    return {
+        "random forest": (RandomForestClassifier(10, random_state=0).fit(X, y), []),
+        "gradient boosting": (GradientBoostingClassifier(n_estimators=10).fit(X, y), []),
+        "hist gradient boosting": (HistGradientBoostingClassifier(max_iter=10).fit(X, y), []),
+        "ColumnTransformer + OneHotEncoder pipeline": (
+            make_pipeline(columns, RandomForestClassifier(10, random_state=0)).fit(frame, fy), []),
+        "logistic regression": (LogisticRegression().fit(X, y), []),
+        "stacking": (StackingClassifier([("lr", LogisticRegression())]).fit(X, y), []),
+        "spline": (make_pipeline(SplineTransformer(), Ridge()).fit(X, X[:, 1]),
+                   ["scipy.interpolate._bsplines.BSpline", "scipy._lib.array_api_compat.numpy._aliases.asarray"]),
+        "hist gradient boosting, categorical": (
+            make_pipeline(ColumnTransformer([("n", "passthrough", ["a", "b"]), ("c", OrdinalEncoder(), ["c"])]),
+                          HistGradientBoostingClassifier(max_iter=10, categorical_features=[2])).fit(frame, fy),
+            ["functools.partial", "sklearn.utils.validation.check_array"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(ordinary_models()))
+def test_ordinary_models_import_with_the_trust_the_readme_names(case, tmp_path, capsys):
+    model, needed = ordinary_models()[case]
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+    if needed:
+        err = refused(["--import-model", str(path), "--name", "ordinary"], capsys)
+        assert all(name in err for name in needed), err
+    code = train_cli.main(["--import-model", str(path), "--name", "ordinary", "--trust-types", ",".join(needed)])
+    assert code == 0, capsys.readouterr().err
+    loaded = bentoml.sklearn.load_model("ordinary:latest")
+    assert type(loaded) is type(model)
+
+
+def _forest_file(tmp_path):
+    X, y = _numbers()
+    path = tmp_path / "forest.skops"
+    skops.io.dump(RandomForestClassifier(3, max_depth=3, random_state=0).fit(X, y), path)
+    return path
+
+
+def _edit_tree_nodes(path, edit):
+    """Rewrites the first tree's nodes array (an .npy member) inside the zip."""
+    import io
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    for name, data in members.items():
+        if name.endswith(".npy"):
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            if array.dtype.names and "left_child" in array.dtype.names:
+                edit(array)
+                out = io.BytesIO()
+                np.save(out, array)
+                members[name] = out.getvalue()
+                break
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+TREE_EDITS = {
+    "child out of range": lambda nodes: nodes["left_child"].__setitem__(0, 10**6),
+    "child pointing back up (a cycle)": lambda nodes: nodes["right_child"].__setitem__(0, 0),
+    "feature beyond the fitted ones": lambda nodes: nodes["feature"].__setitem__(0, 10**6),
+}
+
+
+@pytest.mark.parametrize("case", TREE_EDITS)
+def test_trees_whose_indices_point_outside_are_refused_before_anything_predicts(case, tmp_path, capsys):
+    path = _forest_file(tmp_path)
+    _edit_tree_nodes(path, TREE_EDITS[case])
+    err = refused(["--import-model", str(path), "--name", "crafted"], capsys)
+    assert "the file is damaged or crafted" in err
+
+
+def test_hist_gradient_boosting_nodes_are_checked(tmp_path, capsys):
+    X, y = _numbers()
+    path = tmp_path / "hgb.skops"
+    skops.io.dump(HistGradientBoostingClassifier(max_iter=3).fit(X, y), path)
+    import io
+
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    for name, data in members.items():
+        if name.endswith(".npy"):
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            if array.dtype.names and "feature_idx" in array.dtype.names:
+                array["left"][0] = 10**6
+                out = io.BytesIO()
+                np.save(out, array)
+                members[name] = out.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    assert "the file is damaged or crafted" in refused(["--import-model", str(path), "--name", "crafted"], capsys)
+
