@@ -19,8 +19,9 @@ import sklearn
 
 from sklearn_service import skops_load
 from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
-from sklearn_service.training import DataError, TrainingResult, holdout_metrics, read_csv, reference_sample, versions
-from sklearn_service.user_input import MAX_MODEL_BYTES, shown
+from sklearn_service.training import DataError, TrainingResult, check_target, holdout_metrics, read_csv
+from sklearn_service.training import reference_sample, versions
+from sklearn_service.user_input import Limits, name_problem, shown, shown_list
 
 SAFE_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
@@ -36,28 +37,30 @@ def file_sha256(path: Path) -> str:
 
 def _load_pickle(path: Path, trust_pickle: bool):
     if not trust_pickle:
-        raise DataError(f"refusing to load {path}: a .joblib/.pkl file runs any code it holds when loaded; "
+        raise DataError(f"refusing to load {shown(path.name)}: a .joblib/.pkl file runs any code it holds when loaded; "
                         "pass --trust-pickle only if you trust its source (or save it with skops.io.dump as .skops)")
     import joblib
 
     try:
         return joblib.load(path)
     except Exception as exc:
-        raise DataError(f"{path} could not be loaded as a pickle ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{shown(path.name)} could not be loaded as a pickle ({type(exc).__name__}: {shown(exc)})") \
+            from None
 
 
 def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = (),
-                    max_bytes: int = MAX_MODEL_BYTES) -> tuple[object, str]:
+                    max_bytes: int = Limits.max_model_bytes) -> tuple[object, str]:
     """The model and the scikit-learn version it was made with."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"model file not found: {path}")
+        raise DataError(f"model file not found: {shown(path)}")
     suffix = path.suffix.lower()
     if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
-        raise DataError(f"{path} is neither a .skops nor a .joblib/.pkl file")
+        raise DataError(f"{shown(path.name)} is neither a .skops nor a .joblib/.pkl file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", sklearn.exceptions.InconsistentVersionWarning)
-        model = skops_load.load(path, trust_types, max_bytes) if suffix in SAFE_SUFFIXES else _load_pickle(path, trust_pickle)
+        model = skops_load.load(path, trust_types, max_bytes) if suffix in SAFE_SUFFIXES else \
+            _load_pickle(path, trust_pickle)
     made_with = next((str(w.message.original_sklearn_version) for w in caught
                       if issubclass(w.category, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
     return model, made_with
@@ -70,12 +73,15 @@ def check_estimator(model) -> str:
     from sklearn.utils.validation import check_is_fitted
 
     if not isinstance(model, BaseEstimator) or not hasattr(model, "predict"):
-        raise DataError(f"not a scikit-learn estimator: the file holds a {type(model).__module__}."
-                        f"{type(model).__qualname__}")
+        raise DataError(f"not a scikit-learn estimator: the file holds a {shown(type(model).__module__)}."
+                        f"{shown(type(model).__qualname__)}")
     try:
         check_is_fitted(model)
     except NotFittedError:
-        raise DataError(f"the {type(model).__name__} in the file is not fitted: fit it before saving") from None
+        raise DataError(f"the {shown(type(model).__name__)} in the file is not fitted: fit it before saving") from None
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and (problem := name_problem(names, "feature")):
+        raise DataError(f"the model's {problem}")
     if is_classifier(model) or (not is_regressor(model) and hasattr(model, "classes_")):
         return "classification"
     return "regression"
@@ -88,15 +94,16 @@ def _reference_frame(model, frame: pd.DataFrame, path) -> pd.DataFrame:
         missing = [n for n in names if n not in frame.columns]
         extra = [c for c in frame.columns if c not in names]
         if missing or extra:
-            raise DataError(f"reference columns in {path} do not match the model's features: "
-                            f"missing {missing[:8]}, not used by the model {extra[:8]}")
+            raise DataError(f"reference columns in {shown(path)} do not match the model's features: "
+                            f"missing {shown_list(missing)}, not used by the model {shown_list(extra)}")
         return frame[names]
     if frame.shape[1] != model.n_features_in_:
-        raise DataError(f"reference data {path} has {frame.shape[1]} feature columns; "
+        raise DataError(f"reference data {shown(path)} has {frame.shape[1]} feature columns; "
                         f"the model was fitted on {model.n_features_in_}")
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
-        raise DataError(f"the model was fitted on an array of numbers; reference columns not numeric: {text[:8]}")
+        raise DataError(f"the model was fitted on an array of numbers; reference columns not numeric: "
+                        f"{shown_list(text)}")
     return frame.astype("float64")
 
 
@@ -115,13 +122,14 @@ def _refuses_unseen(model, X: pd.DataFrame, column: str) -> bool:
 
 
 def import_model(path: str | Path, trust_pickle: bool = False, reference: str | Path | None = None,
-                 target: str | None = None, trust_types: list[str] = ()) -> tuple[TrainingResult, list[str]]:
+                 target: str | None = None, trust_types: list[str] = (),
+                 limits: Limits = Limits()) -> tuple[TrainingResult, list[str]]:
     path = Path(path)
-    model, made_with = load_model_file(path, trust_pickle, trust_types)
+    model, made_with = load_model_file(path, trust_pickle, trust_types, limits.max_model_bytes)
     task = check_estimator(model)
     notes = []
     if made_with != sklearn.__version__:
-        notes.append(f"warning: {path.name} was made with scikit-learn {made_with}; "
+        notes.append(f"warning: {shown(path.name)} was made with scikit-learn {shown(made_with)}; "
                      f"{sklearn.__version__} is installed: predictions may differ")
     classes = getattr(model, "classes_", None)
     signature, metrics, sample = Signature.from_estimator(model), {}, None
@@ -132,9 +140,9 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
             raise DataError(f"the model cannot predict on a row built from its own features "
                             f"({type(exc).__name__}); give --reference-data FILE.csv") from None
     else:
-        frame = read_csv(reference)
-        if target is not None and target not in frame.columns:
-            raise DataError(f"target column {target!r} not in {reference}; columns are {list(frame.columns)}")
+        frame = read_csv(reference, limits)
+        if target is not None:
+            check_target(frame, target, reference)
         y = frame.pop(target) if target is not None else None
         X = _reference_frame(model, frame, reference)
         kinds = {str(c): infer_kind(X[c]) for c in X.columns}
@@ -142,8 +150,8 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
         try:
             predicted = model.predict(_model_input(model, X))
         except Exception as exc:
-            raise DataError(f"the model cannot predict on {reference}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise DataError(f"the model cannot predict on {shown(reference)}: {type(exc).__name__}: "
+                            f"{shown(exc)}") from None
         if y is not None:
             metrics = holdout_metrics(model, _model_input(model, X), y.to_numpy(), task)
         outcome = y if y is not None else pd.Series(predicted)

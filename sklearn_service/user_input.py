@@ -7,13 +7,23 @@ refused with one line before it can take the memory or time it would need.
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 
 MAX_COLUMNS = 2_000                  # CSV columns (--max-columns); 100,000 took 299 s and 3.3 GB
 MAX_CELLS = 50_000_000               # CSV rows x columns held in memory (--max-cells): ~400 MB as float64
 MAX_HEADER_BYTES = 1 << 20           # a CSV header line longer than this is not a header
 MAX_MODEL_BYTES = 1 << 30            # a .skops file's uncompressed size (--max-model-bytes)
+MAX_NAME_CHARS = 1_000               # a column or feature name (it labels metrics, the schema, the log)
 SHOWN_CHARS = 60                     # how much of one user value a message quotes
 SHOWN_ITEMS = 8                      # how many names a message lists
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The caps train.py's options may change."""
+    max_columns: int = MAX_COLUMNS
+    max_cells: int = MAX_CELLS
+    max_model_bytes: int = MAX_MODEL_BYTES
 
 
 def shown(value, limit: int = SHOWN_CHARS) -> str:
@@ -46,6 +56,9 @@ def name_problem(names, what: str) -> str | None:
         seen.add(name)
     if repeated:
         return f"{what} names must be unique; repeated: {shown_list(repeated)}"
+    long = [n for n in names if len(n) > MAX_NAME_CHARS]
+    if long:
+        return f"{what} names must be at most {MAX_NAME_CHARS:,} characters: {shown_list(long)}"
     bad = [n for n in names if has_control_characters(n)]
     if bad:
         return f"{what} names must not hold line breaks or control characters: {shown_list(bad)}"

@@ -90,7 +90,7 @@ def test_a_different_scikit_learn_version_is_recorded_and_warned_about(tmp_path,
     path = tmp_path / "old.pkl"
     path.write_bytes(data.replace(old, b"0" * (len(old) - 2) + b".0", 1))
     code, _, err = run(["--import-model", str(path), "--trust-pickle", "--name", "byo_old"], capsys)
-    assert code == 0 and "was made with scikit-learn 0" in err
+    assert code == 0 and "was made with scikit-learn '0" in err
     assert bentoml.models.get("byo_old:latest").info.metadata["training"]["made_with_scikit_learn"] != \
         sklearn.__version__
 
