@@ -111,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     if meta["holdout_metrics"]:
         print("holdout metrics: " + json.dumps(meta["holdout_metrics"]))
     saved = save_result(result, args.name)
+    if args.import_model:
+        from sklearn_service.model_import import check_in_fresh_process
+
+        try:
+            check_in_fresh_process(saved.tag)
+        except DataError as exc:
+            import bentoml
+
+            bentoml.models.delete(saved.tag)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(f"saved model: {saved.tag}")
     return 0
 

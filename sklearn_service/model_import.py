@@ -18,6 +18,7 @@ import pandas as pd
 import sklearn
 
 from sklearn_service import skops_load
+from sklearn_service.model_checks import install_hint, missing_module, required_libraries, values_per_row
 from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
 from sklearn_service.training import DataError, TrainingResult, check_target, holdout_metrics, read_csv
 from sklearn_service.training import reference_sample, versions
@@ -43,6 +44,8 @@ def _load_pickle(path: Path, trust_pickle: bool):
 
     try:
         return joblib.load(path)
+    except ModuleNotFoundError as exc:
+        raise DataError(missing_module(shown(path.name), exc)) from None
     except Exception as exc:
         raise DataError(f"{shown(path.name)} could not be loaded as a pickle ({type(exc).__name__}: {shown(exc)})") \
             from None
@@ -135,10 +138,11 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
     signature, metrics, sample = Signature.from_estimator(model), {}, None
     if reference is None:
         try:  # the example row the signature offers must be one the model answers
-            model.predict(signature.to_model_input(signature.example_matrix()))
+            predicted = model.predict(signature.to_model_input(signature.example_matrix()))
         except Exception as exc:
             raise DataError(f"the model cannot predict on a row built from its own features "
                             f"({type(exc).__name__}); give --reference-data FILE.csv") from None
+        _one_value_per_row(predicted)
     else:
         frame = read_csv(reference, limits)
         if target is not None:
@@ -152,6 +156,7 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
         except Exception as exc:
             raise DataError(f"the model cannot predict on {shown(reference)}: {type(exc).__name__}: "
                             f"{shown(exc)}") from None
+        _one_value_per_row(predicted)
         if y is not None:
             metrics = holdout_metrics(model, _model_input(model, X), y.to_numpy(), task)
         outcome = y if y is not None else pd.Series(predicted)
@@ -172,5 +177,51 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
                      "made_with_scikit_learn": made_with,
                      **({"reference_data": str(reference), "reference_rows": len(sample)} if sample is not None else {})},
         "versions": versions(),
+        "requires": required_libraries(model),
     }
     return TrainingResult(model, metadata, sample), notes
+
+
+def _one_value_per_row(predicted) -> None:
+    if (count := values_per_row(predicted)) > 1:
+        raise DataError(f"the model predicts {count} values per row (a multi-output model); the service answers "
+                        "one value per row: import one model per target")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FRESH_CHECK_SECONDS = 180  # importing BentoML and scikit-learn takes a few seconds on a busy machine
+_FRESH_CHECK = """
+import sys
+import bentoml
+from sklearn_service.signature import Signature
+stored = bentoml.models.get(sys.argv[1])
+model = bentoml.sklearn.load_model(stored)
+signature = Signature.from_metadata(stored.info.metadata)
+model.predict(signature.to_model_input(signature.example_matrix()))
+"""
+
+
+def check_in_fresh_process(tag, timeout: float = FRESH_CHECK_SECONDS) -> None:
+    """Loads the stored model in a new Python process as the service would (the project root as the
+    working folder, no PYTHONPATH) and predicts its example row: a function or module that only the
+    importing process could reach (the user's own code) is found here, not at serving time."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _FRESH_CHECK, str(tag)], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"the stored model did not load and predict in a new process within {timeout:g} s") from None
+    if done.returncode == 0:
+        return
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    if last.startswith("ModuleNotFoundError:") and "'" in last:
+        module = last.split("'")[1]
+        raise DataError(f"the model does not load where the service runs: it needs the module {shown(module)}, "
+                        f"which a new process cannot import from {shown(PROJECT_ROOT)}: {install_hint(module)} "
+                        "(a function of your own must live in an installed package or the project)")
+    raise DataError(f"the model does not load and predict in a new process: {shown(last, 200)}")

@@ -17,6 +17,7 @@ import zipfile
 
 import numpy as np
 
+from sklearn_service.model_checks import children, missing_module
 from sklearn_service.training import DataError
 from sklearn_service.user_input import shown, shown_list
 
@@ -111,6 +112,8 @@ def load(path, trust_types, max_bytes: int):
     try:
         # every name the file lists is now trusted by skops, IMPLICIT_TYPES or the user
         model = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
+    except ModuleNotFoundError as exc:
+        raise DataError(missing_module(shown(path.name), exc)) from None
     except Exception as exc:
         raise DataError(f"{shown(path.name)} could not be loaded ({type(exc).__name__}: {shown(exc)})") from None
     check_contents(model)
@@ -118,19 +121,6 @@ def load(path, trust_types, max_bytes: int):
 
 
 # -- contents: what scikit-learn and SciPy follow without bounds checks ----------------------------
-
-def _children(obj):
-    """(attribute, child) pairs of an estimator, container or object array, for walking the model."""
-    if isinstance(obj, dict):
-        return [(None, v) for v in obj.values()]
-    if isinstance(obj, (list, tuple)):
-        return [(None, v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [(None, v) for v in obj.ravel()] if obj.dtype == object else []
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return list(vars(obj).items())
-    return []
-
 
 def check_contents(model) -> None:
     """Refuses trees whose node indices point outside their arrays or back up the tree (which
@@ -172,7 +162,7 @@ def _check_contents(model) -> None:
                 BSpline(obj.t, obj.c, obj.k, extrapolate=obj.extrapolate, axis=obj.axis)
             except Exception as exc:
                 raise DataError(f"the model holds a B-spline SciPy refuses: {shown(exc)}") from None
-        for name, child in _children(obj):
+        for name, child in children(obj):
             # an ensemble's members take its rows unchecked: they inherit its n_features_in_
             stack.append((child, own if name in ("estimators_", "estimator_") else bound if name is None else None))
     return None
