@@ -9,6 +9,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+import numpy as np
+
 MAX_COLUMNS = 2_000                  # CSV columns (--max-columns); 100,000 took 299 s and 3.3 GB
 MAX_CELLS = 50_000_000               # CSV rows x columns held in memory (--max-cells): ~400 MB as float64
 MAX_HEADER_BYTES = 1 << 20           # a CSV header line longer than this is not a header
@@ -29,6 +31,8 @@ class Limits:
 def shown(value, limit: int = SHOWN_CHARS) -> str:
     """A user's value for a one-line message: escaped (no newline or control character can start a
     line of its own) and cut to `limit` characters."""
+    if isinstance(value, (int, float, np.number)):  # a class label 0 reads as 0, not '0'
+        return str(value)
     text = str(value)
     cut = text[:limit]
     quoted = repr(cut)

@@ -64,3 +64,31 @@ def test_a_missing_library_names_the_command_to_run(tmp_path, capsys, monkeypatc
     assert train_cli.main(["--import-model", str(path), "--trust-pickle", "--name", "no_xgboost"]) == 2
     err = capsys.readouterr().err
     assert "needs the module 'xgboost" in err and "pip install -r requirements-xgboost.txt" in err
+
+
+def test_the_bento_for_such_a_model_installs_its_extra(tmp_path, capsys):
+    import os
+    import subprocess
+
+    from sklearn_service import bento_extras
+
+    model, types = models()["xgboost"]
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+    assert train_cli.main(["--import-model", str(path), "--name", "xgb_bento", "--trust-types", ",".join(types)]) == 0
+    assert train_cli.main(["--name", "plain_bento"]) == 0
+    assert bento_extras.bentofile_for("plain_bento:latest").name == "bentofile.yaml"
+    written = [bento_extras.ROOT / bento_extras.MODEL_BENTOFILE, bento_extras.ROOT / bento_extras.MODEL_REQUIREMENTS]
+    try:
+        bentofile = bento_extras.bentofile_for("xgb_bento:latest")
+        env = {**os.environ, "MODEL_TAG": "xgb_bento:latest"}
+        built = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", str(bentofile), "-o", "tag"],
+                               cwd=bento_extras.ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr[-2000:]
+    finally:
+        for file in written:
+            file.unlink(missing_ok=True)
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    requirements = (bentoml.get(tag).path_of("env/python/requirements.txt"))
+    pins = open(requirements).read().splitlines()
+    assert "xgboost-cpu==3.2.0" in pins and "scikit-learn==1.9.1" in pins
