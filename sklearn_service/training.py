@@ -70,7 +70,7 @@ def _header(path: Path, limits: Limits) -> list[str]:
                                               else "ignore")
     except UnicodeDecodeError as exc:
         raise DataError(f"data file is not valid CSV: {shown(path)} ({shown(exc)})") from None
-    names = next(csv.reader(io.StringIO(text)), [])
+    names = next((row for row in csv.reader(io.StringIO(text)) if row), [])  # pandas skips blank lines
     if len(names) > limits.max_columns:
         raise DataError(f"{shown(path)} has {len(names):,} columns; the cap is {limits.max_columns:,} (--max-columns)")
     if problem := name_problem(names, "column"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 
-import bentoml
 import joblib
 import numpy as np
 import pandas as pd
@@ -15,21 +14,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import train as train_cli
+from tests.import_cli import refused
 from sklearn_service.model_checks import missing_requirements, output_count, required_libraries
-
-
-def store_tags() -> set[str]:
-    return {str(m.tag) for m in bentoml.models.list()}
-
-
-def refused(args, capsys) -> str:
-    before = store_tags()
-    code = train_cli.main(args)
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert store_tags() == before
-    return err
 
 
 def wages(rows=100):

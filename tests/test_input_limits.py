@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import time
 import zipfile
 
-import bentoml
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,23 +13,7 @@ import skops.io
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LogisticRegression
 
-import train as train_cli
-
-
-def store_tags() -> set[str]:
-    return {str(m.tag) for m in bentoml.models.list()}
-
-
-def refused(args, capsys) -> str:
-    before = store_tags()
-    code = train_cli.main(args)
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert len(err) < 1000, f"{len(err)} chars"
-    assert store_tags() == before
-    return err
-
-
+from tests.import_cli import refused
 
 
 def _bomb(path, megabytes: int) -> None:
@@ -97,6 +79,7 @@ def test_long_names_are_cut_in_messages(tmp_path, capsys):
 
 @pytest.mark.parametrize("header, expected", [
     ("a,a,target", "column names must be unique; repeated: ['a']"),
+    ("\n\na,b,a,target", "repeated: ['a']"),
     ('"a\nforged line",b,target', "must not hold line breaks or control characters: ['a\\nforged line']"),
     ("a\tb,c,target", "control characters"),
     ("a\x1b[31m,c,target", "control characters"),

@@ -24,11 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer
 
 import train as train_cli
-from tests.byo_models import penguin_classifier
-
-
-def store_tags() -> set[str]:
-    return {str(m.tag) for m in bentoml.models.list()}
+from tests.import_cli import refused
 
 
 def rewrite_schema(path, edit) -> None:
@@ -59,15 +55,6 @@ def nodes(schema, loader):
     return found
 
 
-def refused(args, capsys) -> str:
-    before = store_tags()
-    code = train_cli.main(args)
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert store_tags() == before
-    return err
-
-
 def test_a_function_re_exported_under_sklearn_is_not_trusted(tmp_path, capsys):
     """The reported gadget: subprocess.check_output renamed sklearn.utils._testing.check_output in a
     FunctionTransformer, with shell=True it runs the column name on every predict."""
@@ -88,12 +75,31 @@ def test_a_function_re_exported_under_sklearn_is_not_trusted(tmp_path, capsys):
     assert not marker.exists()
 
 
+def _json(value):
+    return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode", "content": json.dumps(value),
+            "is_json": True}
+
+
 def load_time_call(module: str, name: str, args: list):
     """A ConstructorFromReduceNode: skops calls module.name(*args) while loading, if it trusts the name."""
+    values = [{"__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
+               "content": [_json(v) for v in a]} if isinstance(a, list) else _json(a) for a in args]
     return {"__class__": name, "__module__": module, "__loader__": "ConstructorFromReduceNode",
-            "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode",
-                        "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
-                                     "content": json.dumps(a), "is_json": True} for a in args]}}
+            "content": {"__class__": "tuple", "__module__": "builtins", "__loader__": "TupleNode", "content": values}}
+
+
+def function_transformer_file(tmp_path, **function):
+    """A FunctionTransformer pipeline dumped with skops, its function's node replaced by `function`."""
+    X = np.arange(8.0).reshape(4, 2)
+    model = make_pipeline(FunctionTransformer(np.log1p), DummyClassifier()).fit(X, [0, 1, 0, 1])
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+
+    def replace(schema):
+        (node,) = nodes(schema, "FunctionNode")
+        node.update(function)
+    rewrite_schema(path, replace)
+    return path
 
 
 # callables found under sklearn.* (and elsewhere) that are functions from os, subprocess, importlib, builtins
@@ -102,7 +108,7 @@ CALLS = {
     "os.remove as sklearn.datasets._california_housing.remove": ("sklearn.datasets._california_housing",
                                                                   "remove", ["{victim}"]),
     "subprocess.check_output as sklearn.utils._testing.check_output": ("sklearn.utils._testing", "check_output",
-                                                                       ["touch {marker}"]),
+                                                                       [["sh", "-c", "touch {marker}"]]),
     "importlib.import_module as sklearn.utils.discovery.import_module": ("sklearn.utils.discovery",
                                                                         "import_module", ["evil_module_on_path"]),
     "open as numpy.lib._datasource._open": ("numpy.lib._datasource", "_open", ["{marker}", "w"]),
@@ -117,40 +123,16 @@ def test_re_exported_callables_are_refused_by_name_and_never_run(case, tmp_path,
     victim.write_text("keep me")
     (tmp_path / "evil_module_on_path.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    args = [a.format(marker=marker, victim=victim) for a in args]
-    if name == "check_output":
-        args = [["sh", "-c", args[0]]]
-    X = np.arange(8.0).reshape(4, 2)
-    model = make_pipeline(FunctionTransformer(np.log1p), DummyClassifier()).fit(X, [0, 1, 0, 1])
-    path = tmp_path / "model.skops"
-    skops.io.dump(model, path)
-
-    def replace(schema):
-        (function,) = nodes(schema, "FunctionNode")
-        function.clear()
-        function.update(load_time_call(module, name, args))
-        if isinstance(args[0], list):
-            function["content"]["content"][0] = {
-                "__class__": "list", "__module__": "builtins", "__loader__": "ListNode",
-                "content": [{"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
-                             "content": json.dumps(a), "is_json": True} for a in args[0]]}
-    rewrite_schema(path, replace)
+    args = [[v.format(marker=marker) for v in a] if isinstance(a, list) else a.format(marker=marker, victim=victim)
+            for a in args]
+    path = function_transformer_file(tmp_path, **load_time_call(module, name, args))
     err = refused(["--import-model", str(path), "--name", "gadget"], capsys)
     assert f"{module}.{name}" in err
     assert not marker.exists() and victim.read_text() == "keep me"
 
 
-def test_an_implicit_type_named_as_a_function_is_still_code_the_user_must_name(tmp_path, capsys):
-    """Trust is per exact name: sklearn's own estimators are trusted as estimators, not as functions."""
-    X = np.arange(8.0).reshape(4, 2)
-    model = make_pipeline(FunctionTransformer(np.log1p), DummyClassifier()).fit(X, [0, 1, 0, 1])
-    path = tmp_path / "model.skops"
-    skops.io.dump(model, path)
-
-    def as_function(schema):
-        (function,) = nodes(schema, "FunctionNode")
-        function.update({"__module__": "sklearn.utils._testing", "__class__": "check_output"})
-    rewrite_schema(path, as_function)
+def test_trust_types_are_exact_names_not_prefixes(tmp_path, capsys):
+    path = function_transformer_file(tmp_path, __module__="sklearn.utils._testing", __class__="check_output")
     err = refused(["--import-model", str(path), "--name", "gadget", "--trust-types", "sklearn.utils._testing"],
                   capsys)
     assert "code (functions or callables it would run): ['sklearn.utils._testing.check_output']" in err
@@ -212,37 +194,37 @@ def _forest_file(tmp_path):
     return path
 
 
-def _edit_tree_nodes(path, edit):
-    """Rewrites the first tree's nodes array (an .npy member) inside the zip."""
+def edit_node_arrays(path, field: str, edit) -> None:
+    """Rewrites, inside the zip, the first stored node array (an .npy member) that has `field`."""
     import io
 
     with zipfile.ZipFile(path) as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     for name, data in members.items():
-        if name.endswith(".npy"):
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-            if array.dtype.names and "left_child" in array.dtype.names:
-                edit(array)
-                out = io.BytesIO()
-                np.save(out, array)
-                members[name] = out.getvalue()
-                break
+        array = np.load(io.BytesIO(data), allow_pickle=False) if name.endswith(".npy") else None
+        if array is not None and array.dtype.names and field in array.dtype.names:
+            edit(array)
+            out = io.BytesIO()
+            np.save(out, array)
+            members[name] = out.getvalue()
+            break
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
 
 
 TREE_EDITS = {
-    "child out of range": lambda nodes: nodes["left_child"].__setitem__(0, 10**6),
-    "child pointing back up (a cycle)": lambda nodes: nodes["right_child"].__setitem__(0, 0),
-    "feature beyond the fitted ones": lambda nodes: nodes["feature"].__setitem__(0, 10**6),
+    "child out of range": ("left_child", 10**6),
+    "child pointing back up (a cycle)": ("right_child", 0),
+    "feature beyond the fitted ones": ("feature", 10**6),
 }
 
 
 @pytest.mark.parametrize("case", TREE_EDITS)
 def test_trees_whose_indices_point_outside_are_refused_before_anything_predicts(case, tmp_path, capsys):
     path = _forest_file(tmp_path)
-    _edit_tree_nodes(path, TREE_EDITS[case])
+    field, value = TREE_EDITS[case]
+    edit_node_arrays(path, field, lambda nodes: nodes[field].__setitem__(0, value))
     err = refused(["--import-model", str(path), "--name", "crafted"], capsys)
     assert "the file is damaged or crafted" in err
 
@@ -251,20 +233,5 @@ def test_hist_gradient_boosting_nodes_are_checked(tmp_path, capsys):
     X, y = _numbers()
     path = tmp_path / "hgb.skops"
     skops.io.dump(HistGradientBoostingClassifier(max_iter=3).fit(X, y), path)
-    import io
-
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    for name, data in members.items():
-        if name.endswith(".npy"):
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-            if array.dtype.names and "feature_idx" in array.dtype.names:
-                array["left"][0] = 10**6
-                out = io.BytesIO()
-                np.save(out, array)
-                members[name] = out.getvalue()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    edit_node_arrays(path, "feature_idx", lambda nodes: nodes["left"].__setitem__(0, 10**6))
     assert "the file is damaged or crafted" in refused(["--import-model", str(path), "--name", "crafted"], capsys)
-
