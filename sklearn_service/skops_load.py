@@ -29,8 +29,9 @@ IMPLICIT_TYPES = {
     "numpy.dtype": "SimpleImputer and encoders record the dtype they were fitted on",
     "sklearn.utils._bunch.Bunch": "a dict: Stacking and Voting ensembles' named_estimators_",
 }
-# skops nodes whose object is code: a function (or anything called), a partial, a bound method.
-CODE_NODES = {"FunctionNode", "PartialNode", "MethodNode", "OperatorFuncNode", "TypeNode"}
+# skops nodes whose object is code, or is called while loading: a function or type, a partial, an
+# operator, a constructor called with arguments from the file. (A bound method is named below.)
+CODE_NODES = {"FunctionNode", "PartialNode", "OperatorFuncNode", "TypeNode", "ConstructorFromReduceNode"}
 CHUNK = 1 << 20
 
 
@@ -72,6 +73,8 @@ def _code_names(data: bytes) -> set[str]:
         if isinstance(node, dict):
             if node.get("__loader__") in CODE_NODES:
                 found.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            if node.get("__loader__") == "MethodNode":  # skops names a bound method by its owner's type
+                found.add(f"{node.get('__module__')}.{node.get('__class__')}.{node.get('content', {}).get('func')}")
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):

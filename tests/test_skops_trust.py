@@ -127,7 +127,7 @@ def test_re_exported_callables_are_refused_by_name_and_never_run(case, tmp_path,
             for a in args]
     path = function_transformer_file(tmp_path, **load_time_call(module, name, args))
     err = refused(["--import-model", str(path), "--name", "gadget"], capsys)
-    assert f"{module}.{name}" in err
+    assert f"code (functions or callables it would run): ['{module}.{name}']" in err
     assert not marker.exists() and victim.read_text() == "keep me"
 
 
