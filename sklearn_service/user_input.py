@@ -1,7 +1,7 @@
 """Caps on what train.py takes in, and how its messages quote what a user's file holds.
 
-Each cap is a default here, in one place; train.py has an option for each. A file over a cap is
-refused with one line before it can take the memory or time it would need.
+Each cap is a default here, in one place (train.py has an option for the three in Limits). A file
+over a cap is refused with one line before it can take the memory or time it would need.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_COLUMNS = 2_000                  # CSV columns (--max-columns); 100,000 took 299 s and 3.3 GB
-MAX_CELLS = 50_000_000               # CSV rows x columns held in memory (--max-cells): ~400 MB as float64
+MAX_CELLS = 20_000_000               # CSV rows x columns held in memory (--max-cells): 160 MB as float64,
+                                     # several times that as text
 MAX_HEADER_BYTES = 1 << 20           # a CSV header line longer than this is not a header
 MAX_MODEL_BYTES = 1 << 30            # a .skops file's uncompressed size (--max-model-bytes)
 MAX_NAME_CHARS = 1_000               # a column or feature name (it labels metrics, the schema, the log)
