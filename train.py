@@ -43,8 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-data", metavar="FILE.csv", help="rows like the ones the model was fitted "
                         "on: feature kinds, categories and statistics (with --target: metrics too)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle (runs its code)")
-    parser.add_argument("--trust-types", type=names, default=[], help="types a .skops file may hold beyond "
-                        "scikit-learn's own, once you have checked them: numpy.log1p,...")
+    parser.add_argument("--trust-types", type=names, default=[], help="exact names (types, functions) a .skops "
+                        "file may hold beyond what is trusted by default, once you have checked them: a.b,c.d")
     parser.add_argument("--max-columns", type=int, default=Limits.max_columns, help="most CSV columns taken in "
                         "(default %(default)s)")
     parser.add_argument("--max-cells", type=int, default=Limits.max_cells, help="most CSV rows x columns held in "
