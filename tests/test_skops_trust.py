@@ -235,3 +235,19 @@ def test_hist_gradient_boosting_nodes_are_checked(tmp_path, capsys):
     skops.io.dump(HistGradientBoostingClassifier(max_iter=3).fit(X, y), path)
     edit_node_arrays(path, "feature_idx", lambda nodes: nodes["left"].__setitem__(0, 10**6))
     assert "the file is damaged or crafted" in refused(["--import-model", str(path), "--name", "crafted"], capsys)
+
+
+def test_trusting_partial_never_trusts_the_function_it_wraps(tmp_path, capsys):
+    """HistGradientBoosting with categories needs functools.partial named; the partial's function is a
+    node of its own, so a file that swaps it for another is still refused."""
+    model, needed = ordinary_models()["hist gradient boosting, categorical"]
+    path = tmp_path / "model.skops"
+    skops.io.dump(model, path)
+
+    def swap(schema):
+        for node in nodes(schema, "FunctionNode"):
+            if node["__class__"] == "check_array":
+                node.update({"__module__": "sklearn.utils._testing", "__class__": "check_output"})
+    rewrite_schema(path, swap)
+    err = refused(["--import-model", str(path), "--name", "partial", "--trust-types", ",".join(needed)], capsys)
+    assert "['sklearn.utils._testing.check_output']" in err
