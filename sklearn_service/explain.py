@@ -31,13 +31,21 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor, HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingRegressor
 
 from sklearn_service.compiled import _column_kinds
 from sklearn_service.compiled_preprocessing import compile_transformer
-from sklearn_service.compiled_trees import CompiledForest, CompiledGradientBoosting, PackedTrees
+from sklearn_service.compiled_trees import FORESTS, CompiledForest, CompiledGradientBoosting, PackedTrees
 from sklearn_service.compiled_trees import compile_estimator, float32_input
 
 TREE_CELLS_PER_BLOCK = 1 << 20   # rows x leaves x path features x nodes evaluated at once: bounds memory
+BLOCK_CELLS = 4096               # what one more block of leaves costs in numpy calls, in cells of work
+MAX_TREE_CELLS = 1 << 22         # leaves x path width x quadrature nodes a model may hold (x 3 float64: 100 MB)
+
+
+TREE_ENSEMBLES = (*FORESTS, GradientBoostingClassifier, GradientBoostingRegressor, HistGradientBoostingClassifier,
+                  HistGradientBoostingRegressor)
 
 
 class NotExplainable(ValueError):
@@ -113,7 +121,7 @@ class _Paths:
         at = self.slot_position[slots], local[self.slot_leaf[slots]]
         z[at], column[at] = self.slot_z[slots], column_of_feature[self.slot_feature[slots]]
         # padding: the routing matrix's last column, always True
-        split = np.full((repeats, width, len(chosen)), 2 * len(self.internal), dtype=np.intp)
+        split = np.full((repeats, width, len(chosen)), 2 * len(self.internal), dtype=np.int32)
         slot = self.split_slot[splits]
         split[self.split_rank[splits], self.slot_position[slot], local[self.slot_leaf[slot]]] = self.split_way[splits]
         return _LeafBlock(z, column, split, values[self.leaves[chosen]])
@@ -134,7 +142,8 @@ class _LeafBlock:
         t = t[:, None, None]
         zt = z * (1 - t)  # (nodes, width, leaves)
         self.factor = (zt, zt + t)  # z (1-t) + o t for o = 0, 1
-        self.share = (np.broadcast_to(-1 / (1 - t), zt.shape), (1 - z) / (zt + t))
+        # what G becomes for a slot: -G / (1-t) for o = 0 (the same for every slot), (1-z) G / (z (1-t) + t) for o = 1
+        self.share_off, self.share_on = -1 / (1 - t[:, :, 0]), (1 - z) / (zt + t)
 
     @property
     def cells(self) -> int:
@@ -151,10 +160,31 @@ class _LeafBlock:
         reached = np.logical_and.reduce(one, axis=1)
         one = one[:, None]
         g = np.multiply.reduce(np.where(one, self.factor[1], self.factor[0]), axis=2) * self.weights
-        per_slot = (np.where(one, self.share[1], self.share[0]) * g[:, :, None]).sum(axis=1)
+        off = (self.share_off * g).sum(axis=1)  # (rows, leaves)
+        per_slot = np.where(one[:, 0], (self.share_on * g[:, :, None]).sum(axis=1), off[:, None])
         at = (np.arange(rows)[:, None, None] * n_columns + self.column).ravel()
         phi = np.bincount(at, (per_slot * values).ravel(), minlength=rows * n_columns)
         return reached @ values, phi.reshape(rows, n_columns)
+
+
+def _by_width(leaves: np.ndarray, width: np.ndarray) -> list[np.ndarray]:
+    """Leaves grouped into blocks of similar path width: a block costs its leaves x its widest
+    path x its quadrature nodes per row, plus a fixed cost of numpy calls (BLOCK_CELLS);
+    the cheapest split of the width-sorted leaves into runs (dynamic programming)."""
+    nodes = (width[leaves] + 1) // 2  # quadrature nodes a leaf needs; a block pads to 2 x its largest
+    sizes, counts = np.unique(nodes, return_counts=True)
+    ends = np.cumsum(counts)
+    best, cut = [0.0], [0]
+    for j in range(1, len(sizes) + 1):  # best[j]: the cheapest blocks for the j narrowest sizes
+        costs = [best[i] + (ends[j - 1] - (ends[i - 1] if i else 0)) * 2 * sizes[j - 1] ** 2 + BLOCK_CELLS
+                 for i in range(j)]
+        cut.append(int(np.argmin(costs)))
+        best.append(min(costs))
+    groups, j = [], len(sizes)
+    while j:
+        groups.append(leaves[np.isin(nodes, sizes[cut[j]:j])])
+        j = cut[j]
+    return groups[::-1]
 
 
 class _TreeCore:
@@ -169,14 +199,18 @@ class _TreeCore:
         self.trees, self.start, self.read_input, self.n_columns = trees, start, read_input, n_columns
         paths = _Paths(trees, covers)
         self.internal = paths.internal
-        # per output, the leaves of the trees adding to it, a block per quadrature size
-        nodes = (paths.width + 1) // 2
-        self.blocks = []
-        for k in range(values.shape[1]):
-            mine = (tree_output[paths.tree] == k) | (tree_output[paths.tree] == -1)
-            shared = self.blocks[0] if k and (tree_output == -1).all() else None  # forests: the same leaves
-            self.blocks.append(shared or [paths.block(np.flatnonzero(mine & (nodes == n)), values, column_of_feature)
-                                          for n in np.unique(nodes[mine])])
+        # per output, the leaves of the trees adding to it, in blocks by path width
+        forest = (tree_output == -1).all()  # every output reads the same leaves
+        groups = [_by_width(np.flatnonzero((tree_output[paths.tree] == k) | (tree_output[paths.tree] == -1)),
+                            paths.width) for k in range(1 if forest else values.shape[1])]
+        widest = [int(paths.width[leaves].max(initial=1)) for g in groups for leaves in g]
+        cells = sum(len(leaves) * w * ((w + 1) // 2) for g in groups for leaves, w in zip(g, widest))
+        if cells > MAX_TREE_CELLS:
+            raise NotExplainable(f"cannot explain this model exactly: its {len(paths.leaves)} leaves with paths of up "
+                                 f"to {paths.width.max()} features take more than {MAX_TREE_CELLS} cells of memory")
+        self.blocks = [[paths.block(leaves, values, column_of_feature) for leaves in g] for g in groups]
+        if forest:
+            self.blocks *= values.shape[1]
         self.base = np.array([start[k] + sum(block.values[:, k] @ block.reach_share for block in self.blocks[k])
                               for k in range(values.shape[1])])
 
@@ -213,12 +247,14 @@ class _TreeCore:
         return outputs, np.full(len(X), self.base[output]), contributions
 
 
-
 def _tree_core(model, n_columns: int) -> tuple[_TreeCore, str, object] | None:
     """The TreeSHAP core of a tree ensemble that compile_estimator covers, its output's name and
     its prediction as class indices (classifiers)."""
     compiled = compile_estimator(model)
     if compiled is None:
+        if isinstance(model, TREE_ENSEMBLES):
+            raise NotExplainable(f"cannot explain this {type(model).__name__} exactly: several targets, a fitted "
+                                 "init estimator, or categories given as text to the model itself are not covered")
         return None
     trees = compiled.trees
     sizes = np.diff(np.append(trees.roots, len(trees.children)))
@@ -285,8 +321,8 @@ def _linear_core(model, mean: np.ndarray | None) -> tuple[_LinearCore, str, obje
     if not classifier and np.ndim(model.coef_) > 1 and np.shape(model.coef_)[0] > 1:
         raise NotExplainable(f"cannot explain {type(model).__name__} exactly: it predicts several targets")
     if mean is None:
-        raise ValueError(f"explaining {type(model).__name__} needs background rows: contributions are "
-                         "measured from their mean")
+        raise NotExplainable(f"cannot explain {type(model).__name__} without background rows: its contributions "
+                             "are measured from their mean")
     name = "log_odds" if isinstance(model, (LogisticRegression, LogisticRegressionCV)) else \
         "decision_function" if classifier else "value"
     core = _LinearCore(model, mean)
@@ -308,12 +344,9 @@ def _sources(step, n_in: int) -> np.ndarray:
                 sources = sources[_sources(inner, len(sources))]
         return sources
     if isinstance(step, ColumnTransformer):
-        parts = [np.asarray(step._transformer_to_input_indices[name], dtype=np.intp)
-                 for name, _, _, _ in step._iter(fitted=True, column_as_labels=False, skip_drop=True,
-                                                 skip_empty_columns=True)]
-        inners = [inner for _, inner, _, _ in step._iter(fitted=True, column_as_labels=False, skip_drop=True,
-                                                         skip_empty_columns=True)]
-        return np.concatenate([columns[_sources(inner, len(columns))] for columns, inner in zip(parts, inners)])
+        parts = [(np.asarray(step._transformer_to_input_indices[name], dtype=np.intp), inner) for name, inner, _, _
+                 in step._iter(fitted=True, column_as_labels=False, skip_drop=True, skip_empty_columns=True)]
+        return np.concatenate([columns[_sources(inner, len(columns))] for columns, inner in parts])
     if isinstance(step, OneHotEncoder):  # no dropped column: compile_transformer refuses drop
         return np.repeat(np.arange(n_in), [len(c) for c in step.categories_])
     return np.arange(n_in)  # passthrough, imputer (no indicator), scaler, ordinal encoder: column by column

@@ -6,14 +6,19 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import shap
 from sklearn.datasets import load_diabetes, load_iris
-from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, HistGradientBoostingRegressor
+from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, GradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures
@@ -21,6 +26,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from sklearn_service.drift_report import encode
+from sklearn_service import explain
 from sklearn_service.explain import Explainer, NotExplainable, ranked
 from sklearn_service.signature import UNSEEN_CODE, Signature
 from sklearn_service.training import Dataset, load_default_dataset, prepare_features, train
@@ -304,13 +310,33 @@ def test_a_linear_model_needs_its_background():
 
 # ---- refusals ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model,named", [(SVC(), "SVC"), (KNeighborsRegressor(), "KNeighborsRegressor")])
-def test_models_that_cannot_be_explained_exactly_are_refused_by_name(model, named):
+@pytest.mark.parametrize("model,message", [
+    (SVC(), "cannot explain SVC exactly"), (KNeighborsRegressor(), "cannot explain KNeighborsRegressor exactly"),
+    (GradientBoostingRegressor(n_estimators=5, init=LinearRegression()),
+     "cannot explain this GradientBoostingRegressor exactly: .*init estimator")])
+def test_models_that_cannot_be_explained_exactly_are_refused_by_name(model, message):
     dataset = load_default_dataset()
     model.fit(dataset.X.to_numpy(), dataset.y.to_numpy())
     signature = Signature.from_frame(dataset.X, "classification", [0, 1], takes_frame=False)
-    with pytest.raises(NotExplainable, match=f"cannot explain {named} exactly"):
+    with pytest.raises(NotExplainable, match=message):
         Explainer.for_pipeline(make_pipeline(model), signature)
+
+
+def test_a_forest_too_large_for_its_memory_budget_is_refused(monkeypatch):
+    pipeline, signature, _, _ = fitted("binary", "random_forest")
+    monkeypatch.setattr(explain, "MAX_TREE_CELLS", 10_000)
+    with pytest.raises(NotExplainable, match="leaves with paths of up to"):
+        Explainer.for_pipeline(pipeline, signature)
+
+
+def test_explaining_imports_neither_shap_nor_numba():
+    code = ("import sys; from sklearn_service.explain import Explainer; from sklearn_service.training import *; "
+            "r = train(load_default_dataset()); e = Explainer.for_pipeline(r.pipeline, r.signature); "
+            "e.explain(r.signature.example_matrix()); print(sorted({'shap', 'numba'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_preprocessing_it_cannot_trace_is_refused():
