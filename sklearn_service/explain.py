@@ -361,7 +361,9 @@ SUPPORTED = ("RandomForest and ExtraTrees, GradientBoosting and HistGradientBoos
 class Explainer:
     """Exact contributions for rows of the serving matrix (signature.py: numbers, category codes)."""
 
-    def __init__(self, prepare, core, predict, output_name: str, classes, to_features: np.ndarray):
+    def __init__(self, prepare, core, predict, output_name: str, classes, to_features: np.ndarray,
+                 names: list[str]):
+        self.names = names              # the signature's features, the columns of contributions
         self.prepare = prepare          # serving matrix -> the model's input (compiled_preprocessing)
         self.core = core
         self.predict = predict          # model input -> class indices; None for regressors
@@ -409,7 +411,7 @@ class Explainer:
         core, name, predict = made
         to_features = np.zeros((n_columns, n_features))
         to_features[np.arange(n_columns), sources] = 1.0
-        return cls(prepare, core, predict, name, getattr(final, "classes_", None), to_features)
+        return cls(prepare, core, predict, name, getattr(final, "classes_", None), to_features, signature.names)
 
     def explain(self, rows: np.ndarray, class_index=None) -> Explanation:
         """rows: (rows, features) of the serving matrix. class_index: for a classifier, the class whose

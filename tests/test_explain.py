@@ -16,7 +16,7 @@ import pytest
 import shap
 from sklearn.datasets import load_diabetes, load_iris
 from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, GradientBoostingRegressor
-from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor, RandomForestClassifier
 from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
 from sklearn.linear_model import LinearRegression
 from sklearn.neighbors import KNeighborsRegressor
@@ -189,7 +189,9 @@ def test_tree_contributions_equal_shap_on_held_out_rows_with_gaps_and_unseen_cat
 
 def test_the_default_class_is_the_predicted_one_and_top_ranks_by_size():
     pipeline, signature, rows, _ = fitted("mixed", "random_forest")
-    e = Explainer.for_pipeline(pipeline, signature).explain(rows)
+    explainer = Explainer.for_pipeline(pipeline, signature)
+    e = explainer.explain(rows)
+    assert explainer.names == signature.names
     predicted = np.searchsorted(pipeline.classes_, pipeline.predict(signature.to_model_input(rows)))
     np.testing.assert_array_equal(e.class_index, predicted)
     np.testing.assert_allclose(e.outputs, pipeline.predict_proba(signature.to_model_input(rows)).max(axis=1))
@@ -199,13 +201,15 @@ def test_the_default_class_is_the_predicted_one_and_top_ranks_by_size():
         [signature.names[i] for i in np.argsort(-np.abs(e.contributions[0]), kind="stable")]
 
 
-@pytest.mark.parametrize("classifier", [False, True])
-def test_extra_trees_fitted_bare_equal_shap(classifier):
+@pytest.mark.parametrize("forest", [ExtraTreesRegressor, ExtraTreesClassifier, RandomForestClassifier])
+def test_bare_forests_trained_with_missing_values_equal_shap(forest):
+    """Fitted on arrays with NaN, which scikit-learn's forests route by each split's missing_go_to_left."""
     dataset = numbers(load_diabetes(as_frame=True))
-    X, y = dataset.X.to_numpy(), dataset.y.to_numpy()
+    X, y = dataset.X.to_numpy().copy(), dataset.y.to_numpy()
+    X[np.random.default_rng(0).random(X.shape) < 0.1] = np.nan
+    classifier = forest is not ExtraTreesRegressor
     y, task = (y > 140, "classification") if classifier else (y, "regression")
-    model = (ExtraTreesClassifier if classifier else ExtraTreesRegressor)(n_estimators=30, random_state=0)
-    model.fit(X[:-HELD_OUT], y[:-HELD_OUT])
+    model = forest(n_estimators=30, random_state=0).fit(X[:-HELD_OUT], y[:-HELD_OUT])
     signature = Signature.from_frame(dataset.X, task, getattr(model, "classes_", None), takes_frame=False)
     explainer = Explainer.for_pipeline(model, signature)
     rows, pipeline = X[-HELD_OUT:], make_pipeline(model)
@@ -266,6 +270,24 @@ def test_the_subset_enumeration_agrees_with_shap_on_numeric_splits_with_gaps():
     explainer = shap.TreeExplainer(model, feature_perturbation="tree_path_dependent")
     np.testing.assert_allclose(contributions, explainer.shap_values(rows), rtol=0, atol=TOLERANCE)
     assert base == pytest.approx(float(np.ravel(explainer.expected_value)[0]), abs=TOLERANCE)
+
+
+def test_hist_gradient_boosting_on_numeric_category_codes_equals_the_definition():
+    """A bare model told which column is categorical: values it never saw, negative, huge, NaN."""
+    rng = np.random.default_rng(1)
+    X = np.column_stack([rng.normal(size=600), rng.choice([3.0, 7.0, 10.0, 250.0], 600), rng.normal(size=600)])
+    X[rng.random(600) < 0.1, 0] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + (X[:, 1] > 8) + rng.normal(size=600) > 0.5).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=20, categorical_features=[1], random_state=0).fit(X, y)
+    rows = np.concatenate([X[:20], [[0.1, v, 0.0] for v in (5.0, -1.0, 7.5, 1e9, np.nan)]])
+    signature = Signature.from_frame(pd.DataFrame(X, columns=["a", "b", "c"]), "classification", [0, 1],
+                                     takes_frame=False)
+    explainer = Explainer.for_pipeline(model, signature)
+    raw = model._raw_predict(rows)
+    for k, e in enumerate(explain_each_class(explainer, rows, 2)):
+        contributions, base = path_dependent_shapley(model, rows, 0)
+        sign = 2 * k - 1
+        assert_matches(sign * contributions, sign * base, sign * raw[:, 0], e)
 
 
 @pytest.mark.parametrize("data", ["mixed", "mixed_regression"])
@@ -330,9 +352,11 @@ def test_a_forest_too_large_for_its_memory_budget_is_refused(monkeypatch):
 
 
 def test_explaining_imports_neither_shap_nor_numba():
-    code = ("import sys; from sklearn_service.explain import Explainer; from sklearn_service.training import *; "
-            "r = train(load_default_dataset()); e = Explainer.for_pipeline(r.pipeline, r.signature); "
-            "e.explain(r.signature.example_matrix()); print(sorted({'shap', 'numba'} & set(sys.modules)))")
+    code = ("import sys, numpy as np; from sklearn.ensemble import RandomForestClassifier; "
+            "from sklearn_service.explain import Explainer; from sklearn_service.signature import Feature, Signature; "
+            "X = np.random.default_rng(0).random((50, 3)); m = RandomForestClassifier(5).fit(X, X[:, 0] > 0.5); "
+            "Explainer.for_pipeline(m, Signature([Feature(n) for n in 'abc'], classes=[False, True])).explain(X); "
+            "print(sorted({'shap', 'numba'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0, done.stderr
