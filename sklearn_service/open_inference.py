@@ -452,6 +452,7 @@ class HealthProbes:
     /readyz (runner alive, runner ready), and like them open without an API key, for probes."""
 
     ALIASES = {"/v2/health/live": "/livez", "/v2/health/ready": "/readyz"}
+    ROUTES = tuple(ALIASES)  # paths it serves, for the endpoint label of BentoML's metrics
 
     def __init__(self, app):
         self.app = app
