@@ -37,13 +37,14 @@ import _bentoml_sdk.method as bentoml_method_module
 from _bentoml_sdk.io_models import IODescriptor, IOMixin
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.context import trace_context
+from bentoml._internal.monitoring.default import DefaultMonitor
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute, compile_path
 
-from sklearn_service import config
+from sklearn_service import config, payload_log
 from sklearn_service.errors import RETRY_AFTER_SECONDS
 from sklearn_service.log_limit import limited
 
@@ -60,6 +61,7 @@ ORIGINAL = {
     "method.inspect": bentoml_method_module.inspect,
     "RunnerTrafficMetricsMiddleware.__call__": RunnerTrafficMetricsMiddleware.__call__,
     "MmapedDict": prometheus_values.MmapedDict,
+    "DefaultMonitor._init_logger": DefaultMonitor._init_logger,
     "HttpToolsProtocol": {name: getattr(HttpToolsProtocol, name) for name in
                           ("connection_made", "on_message_begin", "on_headers_complete", "connection_lost")},
 }
@@ -391,6 +393,17 @@ class AllocatedMetricFile(mmap_dict.MmapedDict):
             mmap_dict._pack_two_doubles(self._m, self._positions[key], value, timestamp)
 
 
+def _monitor_init_logger(self: DefaultMonitor) -> None:
+    """BentoML's default monitor writes the payload log through logging handlers, whose
+    handleError() prints '--- Logging error ---' and a traceback (6 kB) to stderr for each row
+    it cannot write (a full disk) and counts nothing. Its handlers now report to
+    payload_log.row_not_written: counted, logged once per interval."""
+    ORIGINAL["DefaultMonitor._init_logger"](self)
+    for monitor_logger in (self.data_logger, self.schema_logger):
+        for handler in monitor_logger.handlers:
+            handler.handleError = functools.partial(payload_log.row_not_written, handler)
+
+
 # --- uvicorn -----------------------------------------------------------------------------------
 
 def _install_header_deadline() -> None:
@@ -466,6 +479,8 @@ FIXES = [
     Fix("mime_type_cached", "bentoml", WRITTEN_FOR, _cache_mime_type),
     Fix("model_fields_from_the_class", "bentoml", WRITTEN_FOR, _model_fields_from_the_class),
     Fix("api_signature_cached", "bentoml", WRITTEN_FOR, _api_signature_cached),
+    Fix("payload_log_errors_counted", "bentoml", WRITTEN_FOR,
+        lambda: setattr(DefaultMonitor, "_init_logger", _monitor_init_logger)),
     Fix("metrics_by_route", "bentoml", WRITTEN_FOR,
         lambda: setattr(RunnerTrafficMetricsMiddleware, "__call__", _metrics_by_route)),
     Fix("header_timeout", "uvicorn", "==0.54.0", _install_header_deadline),

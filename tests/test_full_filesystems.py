@@ -6,6 +6,8 @@ limit is one); skipped where mounting is not allowed.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import psutil
 import pytest
 import requests
 
+from tests.prometheus_text import delta, scrape
 from tests.serving import ROOT, Server, write_config
 
 
@@ -170,3 +173,78 @@ def test_full_metrics_filesystem_leaves_serving_alone(bentoml_home, trained, tmp
     assert same_worker and metrics == 200, log[-3000:]
     assert all(s < 500 for s in statuses) and statuses[-5:] == [200] * 5, statuses
     assert log.count("kept in memory only") == 1, log[-3000:]
+
+
+# --- the payload log -------------------------------------------------------------------------------
+
+def log_rows(monitor, count: int) -> None:
+    for i in range(count):
+        monitor.start_record()
+        monitor.log_batch([float(i)], name="x", role="feature", data_type="numerical")
+        monitor.log_batch([0.0], name="prediction", role="prediction", data_type="numerical")
+        monitor.stop_record()
+
+
+def payload_rows_on_a_full_disk(folder: Path, init_logger, monkeypatch) -> tuple[int, int]:
+    """(rows in the file after 50 rows on a full disk and 5 once space is back, rows counted dropped)"""
+    from bentoml._internal.monitoring.default import DefaultMonitor
+    from prometheus_client import REGISTRY
+
+    from sklearn_service import payload_log
+
+    payload_log.dropped_rows()
+    before = REGISTRY.get_sample_value("ml_payload_log_dropped_total") or 0
+    monkeypatch.setattr(DefaultMonitor, "_init_logger", init_logger)
+    monitor = DefaultMonitor("predictions", log_path=str(folder))
+    log_rows(monitor, 1)
+    filler = fill(folder)
+    log_rows(monitor, 50)
+    filler.unlink()
+    log_rows(monitor, 5)
+    lines = (folder / "predictions" / "data" / "data.0.log").read_text().splitlines()
+    assert [json.loads(line)["x"] for line in lines][-5:] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    return len(lines), (REGISTRY.get_sample_value("ml_payload_log_dropped_total") or 0) - before
+
+
+def test_full_disk_prints_a_traceback_per_payload_row_on_unpatched_bentoml(small_tmpfs, monkeypatch, capfd):
+    from sklearn_service.bentoml_fixes import ORIGINAL
+
+    written, dropped = payload_rows_on_a_full_disk(small_tmpfs, ORIGINAL["DefaultMonitor._init_logger"], monkeypatch)
+    assert capfd.readouterr().err.count("--- Logging error ---") >= 10 and dropped == 0
+
+
+def test_full_disk_drops_payload_rows_counted_logged_once_and_recovers(small_tmpfs, monkeypatch, capfd, caplog):
+    from sklearn_service import bentoml_fixes
+
+    with caplog.at_level(logging.WARNING, logger="sklearn_service.payload_log"):
+        written, dropped = payload_rows_on_a_full_disk(small_tmpfs, bentoml_fixes._monitor_init_logger, monkeypatch)
+    assert "--- Logging error ---" not in capfd.readouterr().err
+    # rows written (the last page of the file still had room for some) plus rows counted: every row
+    assert written + dropped == 56 and dropped >= 10
+    assert len([r for r in caplog.records if "not written" in r.getMessage()]) == 1
+
+
+def test_full_payload_disk_leaves_serving_alone(bentoml_home, trained, tmp_path, small_tmpfs, cancer):
+    def payload_log_on_tmpfs(settings):
+        settings["services"]["SklearnService"]["monitoring"] = {
+            "enabled": True, "type": "default", "options": {"log_path": str(small_tmpfs)}}
+
+    rows = [("/predict", {"features": cancer["X"][i].tolist()}) for i in range(40)]
+    env = {"SERVICE_CONFIG": str(write_config(tmp_path, payload_log_on_tmpfs))}
+    with Server(bentoml_home, env=env) as srv:
+        assert status("POST", srv.url + "/predict", json=rows[0][1]) == 200
+        before = scrape(srv.url)
+        filler = fill(small_tmpfs)
+        answers = [status("POST", srv.url + path, json=body) for path, body in rows]
+        assert status("POST", srv.url + "/predict_batch", json={"instances": cancer["X"][:10].tolist()}) == 200
+        dropped = delta(before, scrape(srv.url), "ml_payload_log_dropped_total")
+        filler.unlink()
+        assert status("POST", srv.url + "/predict", json=rows[0][1]) == 200
+        log = srv.log()
+    assert answers == [200] * 40
+    assert dropped >= 10
+    assert "--- Logging error ---" not in log and log.count("payload log rows not written") == 1, log[-3000:]
+    assert "not officially supported" not in log
+    lines = [json.loads(line) for line in (small_tmpfs / "predictions" / "data" / "data.1.log").read_text().splitlines()]
+    assert len(lines) + dropped == 52  # every row written or counted, and only whole lines
+    assert lines[-1]["mean radius"] == cancer["X"][0][0]  # written again once there is space
