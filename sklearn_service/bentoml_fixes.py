@@ -46,7 +46,7 @@ from starlette.routing import Mount, Route, WebSocketRoute, compile_path
 
 from sklearn_service import config, payload_log
 from sklearn_service.errors import RETRY_AFTER_SECONDS
-from sklearn_service.log_limit import limited
+from sklearn_service.log_limit import RateLimitFilter, limited
 
 logger = logging.getLogger(__name__)
 
@@ -470,6 +470,9 @@ FIXES = [
         lambda: setattr(bentoml.serving, "ensure_prometheus_dir", _own_prometheus_dir)),
     Fix("client_errors_as_warnings", "bentoml", WRITTEN_FOR,
         lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(ClientErrorsAsWarnings())),
+    # after client_errors_as_warnings: what is left with a traceback is a server error
+    Fix("server_errors_rate_limited", "bentoml", WRITTEN_FOR,
+        lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(RateLimitFilter())),
     Fix("entry_service_stops_first", "bentoml", WRITTEN_FOR,
         lambda: setattr(Arbiter, "_stop_watchers", _stop_entry_service_first)),
     Fix("tracing_only_with_an_exporter", "bentoml", WRITTEN_FOR,

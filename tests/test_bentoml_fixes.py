@@ -168,6 +168,48 @@ def test_client_errors_logged_as_one_line_warnings(monkeypatch):
     assert record.levelno == logging.WARNING and not record.exc_info and "client error" in record.getMessage()
 
 
+def log_server_errors(monkeypatch, filters: list, count: int) -> list[logging.LogRecord]:
+    from bentoml._internal.server.http_app import log_exception
+    from starlette.requests import Request
+
+    http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
+    monkeypatch.setattr(http_app, "filters", filters)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    http_app.addHandler(handler)
+    try:
+        for _ in range(count):
+            try:
+                raise RuntimeError("a bug in the API function")
+            except RuntimeError as exc:
+                log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
+                              exc_info=(type(exc), exc, exc.__traceback__))
+    finally:
+        http_app.removeHandler(handler)
+    return records
+
+
+def test_every_server_error_logs_a_traceback_on_unpatched_bentoml(monkeypatch):
+    records = log_server_errors(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()], 200)
+    assert len(records) == 200 and all(r.exc_info for r in records)
+
+
+def test_repeated_server_errors_log_one_traceback_per_interval(monkeypatch):
+    from sklearn_service.log_limit import RateLimitFilter
+
+    clock = [0.0]
+    limit = RateLimitFilter(interval=10, clock=lambda: clock[0])
+    filters = [bentoml_fixes.ClientErrorsAsWarnings(), limit]
+    first = log_server_errors(monkeypatch, filters, 200)
+    clock[0] = 11
+    later = log_server_errors(monkeypatch, filters, 1)
+    assert len(first) == 1 and first[0].exc_info
+    assert len(later) == 1 and not later[0].exc_info and "(and 199 more like it in the last 11 s)" in later[0].getMessage()
+    client = log_a_client_error(monkeypatch, filters)  # client errors stay one-line warnings, each of them
+    assert client.levelno == logging.WARNING
+
+
 # --- entry_service_stops_first -----------------------------------------------------------------
 
 class Watcher:
