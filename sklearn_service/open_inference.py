@@ -226,8 +226,9 @@ def _received_rows(document: dict, binary: Binary) -> int:
     shape = shape if isinstance(shape, list) else []
     claimed = shape[0] if shape and _dimension(shape[0]) else MAX_DIMENSION
     width = shape[1] if len(shape) == 2 and _dimension(shape[1]) and shape[1] > 0 else 1
-    if type(size) is int and size >= 0:
-        item = np.dtype(NUMERIC[spec["datatype"]]).itemsize if spec.get("datatype") in NUMERIC else 4
+    if type(size) is int and size >= 0:  # BYTES elements (or an unknown datatype's): 4 bytes at least
+        datatype = spec.get("datatype")
+        item = np.dtype(NUMERIC[datatype]).itemsize if isinstance(datatype, str) and datatype in NUMERIC else 4
         rows = -(-(min(size, len(binary.data)) // item) // width)
     elif isinstance(data, list):  # nested: one list per row; flat: width values per row
         rows = len(data) if data and isinstance(data[0], list) else -(-len(data) // width)

@@ -135,9 +135,9 @@ def test_each_server_gets_its_own_metrics_dir(tmp_path):
 
 # --- client_errors_as_warnings -----------------------------------------------------------------
 
-def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
+def log_errors(monkeypatch, filters: list, fail, count: int = 1) -> list[logging.LogRecord]:
+    """What BentoML's request handler logs for `count` requests whose handling raised as `fail()` does."""
     from bentoml._internal.server.http_app import log_exception
-    from pydantic import BaseModel, ValidationError
     from starlette.requests import Request
 
     http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
@@ -147,14 +147,22 @@ def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
     handler.emit = records.append
     http_app.addHandler(handler)
     try:
-        try:
-            type("Row", (BaseModel,), {"__annotations__": {"x": int}}).model_validate({"x": "not a number"})
-        except ValidationError as exc:
-            log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
-                          exc_info=(type(exc), exc, exc.__traceback__))
+        for _ in range(count):
+            try:
+                fail()
+            except Exception as exc:
+                log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
+                              exc_info=(type(exc), exc, exc.__traceback__))
     finally:
         http_app.removeHandler(handler)
-    (record,) = records
+    return records
+
+
+def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
+    from pydantic import BaseModel
+
+    (record,) = log_errors(monkeypatch, filters, lambda: type("Row", (BaseModel,), {"__annotations__": {"x": int}})
+                           .model_validate({"x": "not a number"}))
     return record
 
 
@@ -169,25 +177,10 @@ def test_client_errors_logged_as_one_line_warnings(monkeypatch):
 
 
 def log_server_errors(monkeypatch, filters: list, count: int) -> list[logging.LogRecord]:
-    from bentoml._internal.server.http_app import log_exception
-    from starlette.requests import Request
+    def bug():
+        raise RuntimeError("a bug in the API function")
 
-    http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
-    monkeypatch.setattr(http_app, "filters", filters)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    http_app.addHandler(handler)
-    try:
-        for _ in range(count):
-            try:
-                raise RuntimeError("a bug in the API function")
-            except RuntimeError as exc:
-                log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
-                              exc_info=(type(exc), exc, exc.__traceback__))
-    finally:
-        http_app.removeHandler(handler)
-    return records
+    return log_errors(monkeypatch, filters, bug, count)
 
 
 def test_every_server_error_logs_a_traceback_on_unpatched_bentoml(monkeypatch):

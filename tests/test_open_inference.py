@@ -287,6 +287,18 @@ def test_any_json_in_a_tensor_is_never_a_server_error(server, model, value, fiel
                                                      headers={"Content-Type": "application/json"}, timeout=10))
 
 
+@hostile.HOSTILE
+@given(value=hostile.ANY_JSON, field=st.sampled_from(["shape", "datatype", "name", "parameters", "inputs", "outputs"]))
+def test_any_json_in_a_binary_request_is_never_a_server_error(server, model, value, field):
+    spec = {"name": "input-0", "shape": [1, 30], "datatype": "FP64", "parameters": {"binary_data_size": 240}}
+    header = {"inputs": [spec]}
+    (header if field in ("inputs", "outputs") else spec)[field] = value
+    text = json.dumps(header).encode()
+    hostile.assert_clear_client_answer(requests.post(
+        server.url + f"/v2/models/{model['name']}/infer", data=text + np.ones(30).tobytes(), timeout=10,
+        headers={"Inference-Header-Content-Length": str(len(text))}))
+
+
 # ---- shared with the rest of the API: metrics, auth --------------------------------------------------
 
 def test_v2_requests_count_in_the_service_metrics(server, model, cancer):
@@ -318,12 +330,14 @@ def test_refused_requests_count_the_rows_received_not_the_rows_claimed(server, m
     assert all(math.isfinite(value) for value in after.values())
 
 
-def test_refused_binary_requests_count_the_rows_in_the_body(server, model):
-    header = {"inputs": [{"name": "input-0", "shape": [10 ** 18, 30], "datatype": "FP64",
+@pytest.mark.parametrize("datatype, received", [("FP64", 2), ("BYTES", 4), (["FP64"], 4), ({"a": 1}, 4), (None, 4)])
+def test_refused_binary_requests_count_the_rows_in_the_body(server, model, datatype, received):
+    header = {"inputs": [{"name": "input-0", "shape": [10 ** 18, 30], "datatype": datatype,
                           "parameters": {"binary_data_size": 480}}]}
     before = scrape(server.url)
     assert binary_request(server, model, header, np.ones(60).tobytes()).status_code == 400
-    assert delta(before, scrape(server.url), "ml_predictions_total", endpoint="/v2/infer", outcome="rejected") == 2
+    assert delta(before, scrape(server.url), "ml_predictions_total", endpoint="/v2/infer",
+                 outcome="rejected") == received
 
 
 def test_row_and_body_limits_apply(server, model):
