@@ -1,4 +1,4 @@
-"""Fixes for BentoML and uvicorn internals, applied when service.py is imported.
+"""Fixes for BentoML, uvicorn and prometheus_client internals, applied when service.py is imported.
 
 Each fix names the releases it was written for and checked against (`versions`); at
 start-up a fix outside them is skipped with a warning rather than patched blindly

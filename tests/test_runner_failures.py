@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from aiohttp import http_exceptions
 from bentoml.exceptions import BentoMLException
 
 from sklearn_service.errors import Overloaded, RunnerStalled, runner_failure
