@@ -1,15 +1,14 @@
 """Runner trouble is a 503 to retry whatever way the runner went away, and repeated failures
-are logged once per interval with a count (sklearn_service/log_limit.py)."""
+are logged once per interval with a count (sklearn_service/log_limit.py).
+
+In-process: a real runner killed under load (tests/test_reliability.py) ends its calls in one of
+these ways by timing; a kill landing mid-response (ClientPayloadError) could not be made
+to happen on demand, so each way is checked here."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-import threading
-import time
-from collections import Counter
 from types import SimpleNamespace
 
 import aiohttp
@@ -18,8 +17,6 @@ from bentoml.exceptions import BentoMLException
 
 from sklearn_service.errors import Overloaded, RunnerStalled, runner_failure
 from sklearn_service.log_limit import RateLimitedLog
-from tests.load import run_load
-from tests.serving import Server
 
 REQUEST_INFO = SimpleNamespace(real_url="http://runner/predict", method="POST", url="http://runner/predict")
 
@@ -107,33 +104,3 @@ def test_a_dead_runner_logs_one_line_per_interval_not_one_per_request(caplog):
             runner_failure(ValueError("a bug"), logger)
     assert len(caplog.records) == 2
     assert sum(len(r.getMessage()) + len(r.exc_text or "") for r in caplog.records) < 5000
-
-
-def runner_pid(server: Server) -> int:
-    import psutil
-
-    (runner,) = [p for p in psutil.Process(server.process.pid).children(recursive=True)
-                 if "ModelRunner" in " ".join(p.cmdline())]
-    return runner.pid
-
-
-def test_runner_killed_mid_response_is_a_503_never_a_500(bentoml_home, trained, cancer):
-    """Large answers in flight when the runner is killed: some die mid-response (aiohttp's
-    ClientPayloadError, a 500 before). Every answer is a 200 or a 503 with Retry-After."""
-    batch = [("/predict_batch", {"instances": cancer["X"][:500].tolist() * 2})] * 40
-    results = []
-    with Server(bentoml_home) as srv:
-        for _ in range(3):  # kills at a few moments: whether one lands mid-response is timing
-            pid = runner_pid(srv)
-            load = threading.Thread(target=lambda: results.extend(run_load(srv.url, batch, clients=16, timeout=20)))
-            load.start()
-            time.sleep(0.6)
-            os.kill(pid, signal.SIGKILL)
-            load.join(60)
-            deadline = time.monotonic() + 20  # BentoML restarts the runner
-            while time.monotonic() < deadline and run_load(srv.url, batch[:1], clients=1)[0].status != 200:
-                time.sleep(0.3)
-        log = srv.log()
-    statuses = Counter(r.status for r in results)
-    assert set(statuses) <= {200, 503} and statuses[503] > 0, (statuses, log[-3000:])
-    assert all(r.headers.get("Retry-After") == "1" for r in results if r.status == 503)
