@@ -49,8 +49,8 @@ serve: train  ## http://localhost:$(PORT)
 test: install-dev system-deps report-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-build: train
-	$(BIN)/bentoml build
+build: train  ## the bento for MODEL_TAG, with the extras (XGBoost, ...) its model needs
+	$(BIN)/bentoml build -f "$$($(BIN)/python -m sklearn_service.bento_extras)"
 
 drift-report: install report-env  ## payload log vs training: make drift-report LOG=payload_logs MODEL=name:version
 	$(BIN)/python -m sklearn_service.drift_report --log $(LOG) --model $(MODEL) --out $(OUT)

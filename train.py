@@ -16,6 +16,7 @@ import json
 import sys
 
 from sklearn_service.signature import describe
+from sklearn_service.user_input import Limits, shown_list
 from sklearn_service.training import MODEL_KINDS, TASKS, DataError, load_csv_dataset
 from sklearn_service.training import load_default_dataset, save_result, train
 
@@ -42,8 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-data", metavar="FILE.csv", help="rows like the ones the model was fitted "
                         "on: feature kinds, categories and statistics (with --target: metrics too)")
     parser.add_argument("--trust-pickle", action="store_true", help="allow loading a pickle (runs its code)")
-    parser.add_argument("--trust-types", type=names, default=[], help="types a .skops file may hold beyond "
-                        "scikit-learn's own, once you have checked them: numpy.log1p,...")
+    parser.add_argument("--trust-types", type=names, default=[], help="exact names (types, functions) a .skops "
+                        "file may hold beyond what is trusted by default, once you have checked them: a.b,c.d")
+    parser.add_argument("--max-columns", type=int, default=Limits.max_columns, help="most CSV columns taken in "
+                        "(default %(default)s)")
+    parser.add_argument("--max-cells", type=int, default=Limits.max_cells, help="most CSV rows x columns held in "
+                        "memory (default %(default)s)")
+    parser.add_argument("--max-model-bytes", type=int, default=Limits.max_model_bytes, help="most bytes a .skops "
+                        "file may inflate to (default %(default)s)")
     parser.add_argument("--if-missing", action="store_true", help="do nothing if the store has a model of this name")
     args = parser.parse_args(argv)
     if args.data and not args.target:
@@ -54,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--reference-data goes with --import-model")
     if not 0 < args.test_size < 1:
         parser.error("--test-size must be between 0 and 1")
+    if min(args.max_columns, args.max_cells, args.max_model_bytes) < 1:
+        parser.error("caps must be positive")
+    args.limits = Limits(args.max_columns, args.max_cells, args.max_model_bytes)
     return args
 
 
@@ -72,8 +82,9 @@ def build(args: argparse.Namespace):
     if args.import_model:
         from sklearn_service.model_import import import_model
 
-        return import_model(args.import_model, args.trust_pickle, args.reference_data, args.target, args.trust_types)
-    data = (load_csv_dataset(args.data, args.target, args.categorical, args.drop) if args.data
+        return import_model(args.import_model, args.trust_pickle, args.reference_data, args.target, args.trust_types,
+                            args.limits)
+    data = (load_csv_dataset(args.data, args.target, args.categorical, args.drop, args.limits) if args.data
             else load_default_dataset())
     return train(data, kind=args.model, task=args.task, seed=args.seed, test_size=args.test_size), \
         [f"warning: {w}" for w in data.warnings]
@@ -96,10 +107,21 @@ def main(argv: list[str] | None = None) -> int:
           + (f", rows: {meta['training']['rows']}" if "rows" in meta["training"] else ""))
     print("features:", *describe(signature), sep="\n")
     if signature.classes is not None:
-        print(f"classes: {signature.classes}")
+        print(f"classes: {shown_list(signature.classes, 50)}")
     if meta["holdout_metrics"]:
         print("holdout metrics: " + json.dumps(meta["holdout_metrics"]))
     saved = save_result(result, args.name)
+    if args.import_model:
+        from sklearn_service.model_import import check_in_fresh_process
+
+        try:
+            check_in_fresh_process(saved.tag)
+        except DataError as exc:
+            import bentoml
+
+            bentoml.models.delete(saved.tag)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(f"saved model: {saved.tag}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Fixes for BentoML and uvicorn internals, applied when service.py is imported.
+"""Fixes for BentoML, uvicorn and prometheus_client internals, applied when service.py is imported.
 
 Each fix names the releases it was written for and checked against (`versions`); at
 start-up a fix outside them is skipped with a warning rather than patched blindly
@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import functools
 import inspect
 import json
 import logging
+import os
 import random
 import shutil
 import signal
@@ -28,6 +30,8 @@ from typing import Callable
 
 import bentoml.serving
 from circus.arbiter import Arbiter
+from prometheus_client import mmap_dict
+from prometheus_client import values as prometheus_values
 from packaging.specifiers import SpecifierSet
 from tornado import gen
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -38,13 +42,17 @@ import _bentoml_sdk.method as bentoml_method_module
 from _bentoml_sdk.io_models import IODescriptor, IOMixin
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.context import trace_context
+from bentoml._internal.monitoring.default import DefaultMonitor
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 from bentoml._internal.utils.circus import Arbiter as BentoArbiter
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route, WebSocketRoute, compile_path
 
-from sklearn_service import config
+from sklearn_service import config, payload_log
 from sklearn_service.errors import RETRY_AFTER_SECONDS
+from sklearn_service.log_limit import RateLimitFilter, limited
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,9 @@ ORIGINAL = {
     "ServiceAppFactory.middlewares": ServiceAppFactory.middlewares.fget,
     "IOMixin.mime_type": IOMixin.mime_type.__func__,
     "method.inspect": bentoml_method_module.inspect,
+    "RunnerTrafficMetricsMiddleware.__call__": RunnerTrafficMetricsMiddleware.__call__,
+    "MmapedDict": prometheus_values.MmapedDict,
+    "DefaultMonitor._init_logger": DefaultMonitor._init_logger,
     "HttpToolsProtocol": {name: getattr(HttpToolsProtocol, name) for name in
                           ("connection_made", "on_message_begin", "on_headers_complete", "connection_lost",
                            "shutdown", "_start_asgi_task")},
@@ -265,6 +276,161 @@ def _api_signature_cached() -> None:
     bentoml_method_module.inspect = _CachedSignatures()
 
 
+# --- metrics_by_route: bounded label values for BentoML's request metrics ------------------------
+
+OTHER_ROUTE = "other"  # the endpoint label of every request no route serves
+
+
+class RouteLabels:
+    """A request path -> the template of the route that serves it ("/predict",
+    "/v2/models/{name}/infer", "/static_content/{path}"), or OTHER_ROUTE. The routes are the
+    app's own and those of its mounted apps, plus the paths an ASGI middleware of the app
+    answers or rewrites itself (its class's ROUTES)."""
+
+    def __init__(self, app) -> None:
+        self.exact: dict[str, str] = {}
+        self.templates: list[tuple] = []  # (compiled path regex, template)
+        self._add_routes(getattr(app, "routes", []), "")
+        for middleware in getattr(app, "user_middleware", []):
+            for path in getattr(middleware.cls, "ROUTES", ()):
+                self._add(path)
+
+    def _add_routes(self, routes, prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                if route.routes:
+                    self._add_routes(route.routes, prefix + route.path)
+                else:  # an app without a route table (static files): everything under its path
+                    self._add(prefix + route.path + "/{path:path}")
+            elif isinstance(route, (Route, WebSocketRoute)):
+                self._add(prefix + route.path)
+
+    def _add(self, path: str) -> None:
+        regex, template, convertors = compile_path(path)
+        if convertors:
+            self.templates.append((regex, template))
+        else:
+            self.exact.setdefault(path, path)
+
+    def __call__(self, path: str) -> str:
+        found = self.exact.get(path)
+        if found is not None:
+            return found
+        return next((template for regex, template in self.templates if regex.match(path)), OTHER_ROUTE)
+
+
+class _LabelledByRoute:
+    """One of BentoML's metrics, with its `endpoint` label mapped through RouteLabels."""
+
+    def __init__(self, metric, route: RouteLabels) -> None:
+        self.metric, self.route = metric, route
+
+    def labels(self, endpoint: str, **labels):
+        return self.metric.labels(endpoint=self.route(endpoint), **labels)
+
+
+ENDPOINT_LABELLED = ("metrics_request_duration", "metrics_request_total", "metrics_request_in_progress",
+                     "metrics_websocket_connections", "metrics_websocket_data_received",
+                     "metrics_websocket_data_sent")
+
+
+async def _metrics_by_route(self: RunnerTrafficMetricsMiddleware, scope, receive, send) -> None:
+    """BentoML's request metrics (bentoml_service_request_*) took the raw request path as their
+    `endpoint` label, and run before the API key is checked: every distinct path anyone sent
+    added ~20 series for good (2,000 paths: 40,000 series and an 8.9 MB /metrics; 10,000:
+    /metrics timed out and the metric files grew to 64 MB). The label is now the route that
+    serves the path, or "other". Its other labels are the service's name and version (fixed),
+    the response status (set by the app) and the runner's name: none is up to the client."""
+    if not self._is_setup:
+        self._setup()
+        route = RouteLabels(scope.get("app"))  # Starlette puts itself in every scope, lifespan included
+        for name in ENDPOINT_LABELLED:
+            setattr(self, name, _LabelledByRoute(getattr(self, name), route))
+    await ORIGINAL["RunnerTrafficMetricsMiddleware.__call__"](self, scope, receive, send)
+
+
+# --- prometheus_client: metric files on a full filesystem --------------------------------------
+
+class AllocatedMetricFile(mmap_dict.MmapedDict):
+    """prometheus_client's per-process metric file, with its pages allocated before use.
+
+    The original sizes the file with truncate(), which allocates nothing, then writes
+    through a memory map: on a full tmpfs (Kubernetes' /tmp emptyDir) the first write to an
+    unallocated page killed the worker with SIGBUS, and serving stopped. Here the file's
+    space is taken with posix_fallocate() first, which fails with an ordinary ENOSPC
+    instead. A series that then finds no space (or a process whose file cannot be
+    created at all) keeps its value in memory only: served requests are unaffected, /metrics
+    lacks that series, and the log says so once per interval with a count.
+    """
+
+    dropped = 0  # series of this process kept in memory only
+
+    def __init__(self, filename, read_mode=False):
+        self._spilled: dict[str, tuple[float, float]] = {}
+        self._memory_only = False
+        if not read_mode:
+            try:
+                with open(filename, "a+b") as f:
+                    if os.fstat(f.fileno()).st_size == 0:
+                        os.posix_fallocate(f.fileno(), 0, mmap_dict._INITIAL_MMAP_SIZE)
+            except OSError as exc:
+                if os.path.exists(filename) and os.path.getsize(filename) == 0:
+                    os.unlink(filename)  # an empty file would break every /metrics read
+                self._memory_only, self._fname, self._f, self._m, self._positions = True, filename, None, None, {}
+                self._no_space(exc)
+                return
+        super().__init__(filename, read_mode)
+
+    def _init_value(self, key: str) -> None:
+        try:
+            if self._memory_only:
+                raise OSError(errno.ENOSPC, "its file could not be created")
+            size = len(key.encode())
+            needed = self._used + 4 + size + (8 - (size + 4) % 8) + 16  # the entry the original appends
+            capacity = self._capacity
+            while needed > capacity:
+                capacity *= 2
+            if capacity > self._capacity:
+                os.posix_fallocate(self._f.fileno(), 0, capacity)  # the original's truncate() then finds it
+        except OSError as exc:
+            self._spilled[key] = (0.0, 0.0)
+            AllocatedMetricFile.dropped += 1
+            self._no_space(exc)
+            return
+        super()._init_value(key)
+
+    def _no_space(self, exc: OSError) -> None:
+        limited(logger).warning("metric_files_full", "no space for metric file %s (%s): series without space "
+                                "are kept in memory only, not on /metrics (%d so far in this process)",
+                                self._fname, exc, AllocatedMetricFile.dropped)
+
+    def read_value(self, key: str):
+        if key not in self._positions and key not in self._spilled:
+            self._init_value(key)
+        if key in self._spilled:
+            return self._spilled[key]
+        return mmap_dict._unpack_two_doubles(self._m, self._positions[key])
+
+    def write_value(self, key: str, value: float, timestamp: float) -> None:
+        if key not in self._positions and key not in self._spilled:
+            self._init_value(key)
+        if key in self._spilled:
+            self._spilled[key] = (value, timestamp)
+        else:
+            mmap_dict._pack_two_doubles(self._m, self._positions[key], value, timestamp)
+
+
+def _monitor_init_logger(self: DefaultMonitor) -> None:
+    """BentoML's default monitor writes the payload log through logging handlers, whose
+    handleError() prints '--- Logging error ---' and a traceback (6 kB) to stderr for each row
+    it cannot write (a full disk) and counts nothing. Its handlers now report to
+    payload_log.row_not_written: counted, logged once per interval."""
+    ORIGINAL["DefaultMonitor._init_logger"](self)
+    for monitor_logger in (self.data_logger, self.schema_logger):
+        for handler in monitor_logger.handlers:
+            handler.handleError = functools.partial(payload_log.row_not_written, handler)
+
+
 # --- uvicorn -----------------------------------------------------------------------------------
 
 def _install_header_deadline() -> None:
@@ -426,6 +592,9 @@ FIXES = [
         lambda: setattr(bentoml.serving, "ensure_prometheus_dir", _own_prometheus_dir)),
     Fix("client_errors_as_warnings", "bentoml", WRITTEN_FOR,
         lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(ClientErrorsAsWarnings())),
+    # after client_errors_as_warnings: what is left with a traceback is a server error
+    Fix("server_errors_rate_limited", "bentoml", WRITTEN_FOR,
+        lambda: logging.getLogger(HTTP_APP_LOGGER).addFilter(RateLimitFilter())),
     Fix("entry_service_stops_first", "bentoml", WRITTEN_FOR,
         lambda: setattr(Arbiter, "_stop_watchers", _stop_entry_service_first)),
     Fix("socket_folder_removed_last", "bentoml", WRITTEN_FOR,
@@ -437,9 +606,15 @@ FIXES = [
     Fix("mime_type_cached", "bentoml", WRITTEN_FOR, _cache_mime_type),
     Fix("model_fields_from_the_class", "bentoml", WRITTEN_FOR, _model_fields_from_the_class),
     Fix("api_signature_cached", "bentoml", WRITTEN_FOR, _api_signature_cached),
+    Fix("payload_log_errors_counted", "bentoml", WRITTEN_FOR,
+        lambda: setattr(DefaultMonitor, "_init_logger", _monitor_init_logger)),
+    Fix("metrics_by_route", "bentoml", WRITTEN_FOR,
+        lambda: setattr(RunnerTrafficMetricsMiddleware, "__call__", _metrics_by_route)),
     Fix("header_timeout", "uvicorn", "==0.54.0", _install_header_deadline),
     Fix("drain_without_resets", "uvicorn", "==0.54.0", _install_drain_without_resets,
         also=(("kantoku", "==0.18.3"), ("bentoml", WRITTEN_FOR))),
+    Fix("metric_files_allocated", "prometheus_client", "==0.26.0",
+        lambda: setattr(prometheus_values, "MmapedDict", AllocatedMetricFile)),
 ]
 
 _status: dict[str, str] = {}  # name -> "applied" or why not; each fix is installed once per process

@@ -37,7 +37,8 @@ class RequestGuard:
                                      "reason": "unsupported_media_type"}, status_code=415)
             return await response(scope, receive, send)
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        # bytes.isdigit() is ASCII-only; the length bound keeps int() off thousand-digit values
+        if declared is not None and (not declared.isdigit() or len(declared) > 19 or int(declared) > self.max_bytes):
             return await self._refuse(scope, receive, send)
         chunks, size = [], 0
         try:

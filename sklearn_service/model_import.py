@@ -17,17 +17,15 @@ import numpy as np
 import pandas as pd
 import sklearn
 
+from sklearn_service import skops_load
+from sklearn_service.model_checks import install_hint, missing_module, required_libraries, values_per_row
 from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
-from sklearn_service.training import DataError, TrainingResult, holdout_metrics, read_csv, reference_sample, versions
+from sklearn_service.training import DataError, TrainingResult, check_target, holdout_metrics, read_csv
+from sklearn_service.training import reference_sample, versions
+from sklearn_service.user_input import Limits, name_problem, shown, shown_list
 
 SAFE_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-# skops lists even scikit-learn's own tree and numpy's dtype as "untrusted"; these are the
-# data types a fitted estimator is made of. Functions (e.g. a FunctionTransformer's) are not
-# among them: those the user names with --trust-types after reading the file's list.
-TRUSTED_PREFIXES = ("sklearn.",)
-TRUSTED_TYPES = {"numpy.dtype", "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937",
-                 "numpy.random._pcg64.PCG64", "numpy.random._generator.Generator", "collections.OrderedDict"}
 
 
 def file_sha256(path: Path) -> str:
@@ -38,47 +36,34 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _load_skops(path: Path, trust_types: list[str]):
-    import skops.io
-
-    try:
-        listed = skops.io.get_untrusted_types(file=path)
-    except Exception as exc:
-        raise DataError(f"{path} is not a valid .skops file ({type(exc).__name__}: {exc})") from None
-    untrusted = [name for name in listed if not name.startswith(TRUSTED_PREFIXES)
-                 and name not in TRUSTED_TYPES and name not in trust_types]
-    if untrusted:
-        raise DataError(f"refusing to load {path}: it holds types skops does not trust: {untrusted[:8]} "
-                        "(after checking them, name them with --trust-types)")
-    try:
-        return skops.io.load(path, trusted=listed)
-    except Exception as exc:
-        raise DataError(f"{path} could not be loaded ({type(exc).__name__}: {exc})") from None
-
-
 def _load_pickle(path: Path, trust_pickle: bool):
     if not trust_pickle:
-        raise DataError(f"refusing to load {path}: a .joblib/.pkl file runs any code it holds when loaded; "
+        raise DataError(f"refusing to load {shown(path.name)}: a .joblib/.pkl file runs any code it holds when loaded; "
                         "pass --trust-pickle only if you trust its source (or save it with skops.io.dump as .skops)")
     import joblib
 
     try:
         return joblib.load(path)
+    except ModuleNotFoundError as exc:
+        raise DataError(missing_module(shown(path.name), exc)) from None
     except Exception as exc:
-        raise DataError(f"{path} could not be loaded as a pickle ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{shown(path.name)} could not be loaded as a pickle ({type(exc).__name__}: {shown(exc)})") \
+            from None
 
 
-def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = ()) -> tuple[object, str]:
+def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = (),
+                    max_bytes: int = Limits.max_model_bytes) -> tuple[object, str]:
     """The model and the scikit-learn version it was made with."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"model file not found: {path}")
+        raise DataError(f"model file not found: {shown(path)}")
     suffix = path.suffix.lower()
     if suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES:
-        raise DataError(f"{path} is neither a .skops nor a .joblib/.pkl file")
+        raise DataError(f"{shown(path.name)} is neither a .skops nor a .joblib/.pkl file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", sklearn.exceptions.InconsistentVersionWarning)
-        model = _load_skops(path, trust_types) if suffix in SAFE_SUFFIXES else _load_pickle(path, trust_pickle)
+        model = skops_load.load(path, trust_types, max_bytes) if suffix in SAFE_SUFFIXES else \
+            _load_pickle(path, trust_pickle)
     made_with = next((str(w.message.original_sklearn_version) for w in caught
                       if issubclass(w.category, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
     return model, made_with
@@ -91,12 +76,15 @@ def check_estimator(model) -> str:
     from sklearn.utils.validation import check_is_fitted
 
     if not isinstance(model, BaseEstimator) or not hasattr(model, "predict"):
-        raise DataError(f"not a scikit-learn estimator: the file holds a {type(model).__module__}."
-                        f"{type(model).__qualname__}")
+        raise DataError(f"not a scikit-learn estimator: the file holds a {shown(type(model).__module__)}."
+                        f"{shown(type(model).__qualname__)}")
     try:
         check_is_fitted(model)
     except NotFittedError:
-        raise DataError(f"the {type(model).__name__} in the file is not fitted: fit it before saving") from None
+        raise DataError(f"the {shown(type(model).__name__)} in the file is not fitted: fit it before saving") from None
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and (problem := name_problem(names, "feature")):
+        raise DataError(f"the model's {problem}")
     if is_classifier(model) or (not is_regressor(model) and hasattr(model, "classes_")):
         return "classification"
     return "regression"
@@ -109,15 +97,16 @@ def _reference_frame(model, frame: pd.DataFrame, path) -> pd.DataFrame:
         missing = [n for n in names if n not in frame.columns]
         extra = [c for c in frame.columns if c not in names]
         if missing or extra:
-            raise DataError(f"reference columns in {path} do not match the model's features: "
-                            f"missing {missing[:8]}, not used by the model {extra[:8]}")
+            raise DataError(f"reference columns in {shown(path)} do not match the model's features: "
+                            f"missing {shown_list(missing)}, not used by the model {shown_list(extra)}")
         return frame[names]
     if frame.shape[1] != model.n_features_in_:
-        raise DataError(f"reference data {path} has {frame.shape[1]} feature columns; "
+        raise DataError(f"reference data {shown(path)} has {frame.shape[1]} feature columns; "
                         f"the model was fitted on {model.n_features_in_}")
     text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     if text:
-        raise DataError(f"the model was fitted on an array of numbers; reference columns not numeric: {text[:8]}")
+        raise DataError(f"the model was fitted on an array of numbers; reference columns not numeric: "
+                        f"{shown_list(text)}")
     return frame.astype("float64")
 
 
@@ -136,26 +125,28 @@ def _refuses_unseen(model, X: pd.DataFrame, column: str) -> bool:
 
 
 def import_model(path: str | Path, trust_pickle: bool = False, reference: str | Path | None = None,
-                 target: str | None = None, trust_types: list[str] = ()) -> tuple[TrainingResult, list[str]]:
+                 target: str | None = None, trust_types: list[str] = (),
+                 limits: Limits = Limits()) -> tuple[TrainingResult, list[str]]:
     path = Path(path)
-    model, made_with = load_model_file(path, trust_pickle, trust_types)
+    model, made_with = load_model_file(path, trust_pickle, trust_types, limits.max_model_bytes)
     task = check_estimator(model)
     notes = []
     if made_with != sklearn.__version__:
-        notes.append(f"warning: {path.name} was made with scikit-learn {made_with}; "
+        notes.append(f"warning: {shown(path.name)} was made with scikit-learn {shown(made_with)}; "
                      f"{sklearn.__version__} is installed: predictions may differ")
     classes = getattr(model, "classes_", None)
     signature, metrics, sample = Signature.from_estimator(model), {}, None
     if reference is None:
         try:  # the example row the signature offers must be one the model answers
-            model.predict(signature.to_model_input(signature.example_matrix()))
+            predicted = model.predict(signature.to_model_input(signature.example_matrix()))
         except Exception as exc:
             raise DataError(f"the model cannot predict on a row built from its own features "
                             f"({type(exc).__name__}); give --reference-data FILE.csv") from None
+        _one_value_per_row(predicted)
     else:
-        frame = read_csv(reference)
-        if target is not None and target not in frame.columns:
-            raise DataError(f"target column {target!r} not in {reference}; columns are {list(frame.columns)}")
+        frame = read_csv(reference, limits)
+        if target is not None:
+            check_target(frame, target, reference)
         y = frame.pop(target) if target is not None else None
         X = _reference_frame(model, frame, reference)
         kinds = {str(c): infer_kind(X[c]) for c in X.columns}
@@ -163,8 +154,9 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
         try:
             predicted = model.predict(_model_input(model, X))
         except Exception as exc:
-            raise DataError(f"the model cannot predict on {reference}: {type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+            raise DataError(f"the model cannot predict on {shown(reference)}: {type(exc).__name__}: "
+                            f"{shown(exc)}") from None
+        _one_value_per_row(predicted)
         if y is not None:
             metrics = holdout_metrics(model, _model_input(model, X), y.to_numpy(), task)
         outcome = y if y is not None else pd.Series(predicted)
@@ -185,5 +177,51 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
                      "made_with_scikit_learn": made_with,
                      **({"reference_data": str(reference), "reference_rows": len(sample)} if sample is not None else {})},
         "versions": versions(),
+        "requires": required_libraries(model),
     }
     return TrainingResult(model, metadata, sample), notes
+
+
+def _one_value_per_row(predicted) -> None:
+    if (count := values_per_row(predicted)) > 1:
+        raise DataError(f"the model predicts {count} values per row (a multi-output model); the service answers "
+                        "one value per row: import one model per target")
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FRESH_CHECK_SECONDS = 180  # importing BentoML and scikit-learn takes a few seconds on a busy machine
+_FRESH_CHECK = """
+import sys
+import bentoml
+from sklearn_service.signature import Signature
+stored = bentoml.models.get(sys.argv[1])
+model = bentoml.sklearn.load_model(stored)
+signature = Signature.from_metadata(stored.info.metadata)
+model.predict(signature.to_model_input(signature.example_matrix()))
+"""
+
+
+def check_in_fresh_process(tag, timeout: float = FRESH_CHECK_SECONDS) -> None:
+    """Loads the stored model in a new Python process as the service would (the project root as the
+    working folder, no PYTHONPATH) and predicts its example row: a function or module that only the
+    importing process could reach (the user's own code) is found here, not at serving time."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _FRESH_CHECK, str(tag)], cwd=PROJECT_ROOT, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DataError(f"the stored model did not load and predict in a new process within {timeout:g} s") from None
+    if done.returncode == 0:
+        return
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    if last.startswith("ModuleNotFoundError:") and "'" in last:
+        module = last.split("'")[1]
+        raise DataError(f"the model does not load where the service runs: it needs the module {shown(module)}, "
+                        f"which a new process cannot import from {shown(PROJECT_ROOT)}: {install_hint(module)} "
+                        "(a function of your own must live in an installed package or the project)")
+    raise DataError(f"the model does not load and predict in a new process: {shown(last, 200)}")

@@ -75,7 +75,7 @@ class Binary:
         left = len(self.data) - self.offset
         if type(size) is not int or not 0 <= size <= left:
             raise RequestError("bad_binary_data", f"{where}binary_data_size must be a whole number of bytes "
-                                                  f"that the body still holds ({left}), got {size!r}")
+                                                  f"that the body still holds ({left}), got {_excerpt(repr(size))}")
         self.offset += size
         return self.data[self.offset - size:self.offset]
 
@@ -85,14 +85,39 @@ class Binary:
                                                   "belong to no input's binary_data_size")
 
 
+# Every integer a client sends is bounded before it is used: shape dimensions are the
+# protocol's int64 (JSON integers only: not true/false, not 1.0); byte counts never exceed the
+# body; lengths in headers are ASCII digits (str.isdigit() also takes "²" and "١٢").
+MAX_DIMENSION = 2**63 - 1
+
+
+def _dimension(value) -> bool:
+    return type(value) is int and 0 <= value <= MAX_DIMENSION
+
+
+def ascii_int(text: str, limit: int) -> int | None:
+    """`text` as a whole number 0..limit when it is only ASCII digits (at most 19 of them), else None."""
+    if not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value <= limit else None
+
+
+def _excerpt(value) -> str:
+    """A client's value, shortened for an error message (a 400-digit number is not repeated back)."""
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def split_body(headers, body: bytes) -> tuple[dict, Binary]:
     """The JSON document and the binary tensor data after it (none without the header)."""
     length = headers.get(HEADER_LENGTH)
     if length is not None:
-        if not length.isdigit() or int(length) > len(body):
+        size = ascii_int(length, len(body))
+        if size is None:
             raise RequestError("bad_binary_data", f"{HEADER_LENGTH} must be the JSON header's length within "
-                                                  f"the {len(body)}-byte body, got {length!r}")
-        body, binary = body[:int(length)], body[int(length):]
+                                                  f"the {len(body)}-byte body, got {length[:40]!r}")
+        body, binary = body[:size], body[size:]
     else:
         binary = b""
     try:
@@ -118,10 +143,9 @@ def read_input(spec, binary: Binary) -> Tensor:
     datatype, shape = spec.get("datatype"), spec.get("shape")
     if datatype not in DATATYPES:
         raise RequestError("wrong_datatype", f"{where}unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or \
-            not all(type(d) is int and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_dimension(d) for d in shape):
         raise RequestError("wrong_shape", f"{where}shape must be [N, features] or [N] with whole numbers "
-                                          f"0 or more, got {str(shape)[:60]}")
+                                          f"0 to {MAX_DIMENSION}, got {_excerpt(shape)}")
     count = math.prod(shape)
     size = _parameters(spec, where).get("binary_data_size")
     if size is not None:
@@ -189,13 +213,28 @@ def _bytes_data(values: list) -> bytes:
     return b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
 
 
-def _claimed_rows(document: dict) -> int:
-    """Rows the request says it carries, for the metrics of a refused one; 0 when unreadable."""
+def _received_rows(document: dict, binary: Binary) -> int:
+    """Rows a request carried, for the metrics of a refused one: the values its first input
+    actually holds (JSON data, or its share of the binary part) per row of its shape. Never
+    more than the body holds, nor than a valid shape says; 0 when unreadable."""
     try:
-        rows = document["inputs"][0]["shape"][0]
-    except (KeyError, IndexError, TypeError):
+        spec = document["inputs"][0]
+        shape, data = spec.get("shape"), spec.get("data")
+        size = spec.get("parameters", {}).get("binary_data_size")
+    except (KeyError, IndexError, TypeError, AttributeError):
         return 0
-    return rows if type(rows) is int and rows >= 0 else 0
+    shape = shape if isinstance(shape, list) else []
+    claimed = shape[0] if shape and _dimension(shape[0]) else MAX_DIMENSION
+    width = shape[1] if len(shape) == 2 and _dimension(shape[1]) and shape[1] > 0 else 1
+    if type(size) is int and size >= 0:  # BYTES elements (or an unknown datatype's): 4 bytes at least
+        datatype = spec.get("datatype")
+        item = np.dtype(NUMERIC[datatype]).itemsize if isinstance(datatype, str) and datatype in NUMERIC else 4
+        rows = -(-(min(size, len(binary.data)) // item) // width)
+    elif isinstance(data, list):  # nested: one list per row; flat: width values per row
+        rows = len(data) if data and isinstance(data[0], list) else -(-len(data) // width)
+    else:
+        return 0
+    return min(claimed, rows)
 
 
 # ---- one inference ------------------------------------------------------------------------------
@@ -207,12 +246,12 @@ class Inference:
     def __init__(self, service, headers, body: bytes):
         self.service = service
         self.problem: RequestError | None = None
-        self.claimed_rows = 0
+        self.received_rows = 0
         self.id: str | None = None
         self.outputs: dict[str, bool] = {}  # output name -> whether it goes back as binary data
         try:
             self.document, self.binary = split_body(headers, body)
-            self.claimed_rows = _claimed_rows(self.document)
+            self.received_rows = _received_rows(self.document, self.binary)
         except RequestError as exc:
             self.problem = exc
 
@@ -395,7 +434,7 @@ async def infer(request: Request) -> Response:
     if service is None:
         return _unknown_model(request)
     inference = Inference(service, request.headers, await request.body())
-    return await service._serve(ENDPOINT, inference.claimed_rows, inference.rows, inference.call,
+    return await service._serve(ENDPOINT, inference.received_rows, inference.rows, inference.call,
                                 inference.respond, error=protocol_error)
 
 
@@ -414,6 +453,7 @@ class HealthProbes:
     /readyz (runner alive, runner ready), and like them open without an API key, for probes."""
 
     ALIASES = {"/v2/health/live": "/livez", "/v2/health/ready": "/readyz"}
+    ROUTES = tuple(ALIASES)  # paths it serves, for the endpoint label of BentoML's metrics
 
     def __init__(self, app):
         self.app = app

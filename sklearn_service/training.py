@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from sklearn_service.signature import Signature, infer_kind
+from sklearn_service.user_input import MAX_HEADER_BYTES, Limits, name_problem, shown, shown_list
 
 MIN_ROWS = 10
 MODEL_KINDS = ("random_forest", "logistic_regression", "gradient_boosting", "hist_gradient_boosting")
@@ -56,23 +59,50 @@ def load_default_dataset() -> Dataset:
                    {str(c): "number" for c in bunch.data.columns})
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """A CSV with a header row; empty cells, NA, NaN, null (pandas' defaults) are missing values."""
+def _header(path: Path, limits: Limits) -> list[str]:
+    """The header row's names as the file has them (before pandas renames a repeated `a` to `a.1`)."""
+    with open(path, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES + 1)
+    if len(head) > MAX_HEADER_BYTES and b"\n" not in head[:MAX_HEADER_BYTES]:
+        raise DataError(f"the header line of {shown(path)} is longer than {MAX_HEADER_BYTES:,} bytes")
+    try:
+        text = head[:MAX_HEADER_BYTES].decode("utf-8-sig", errors="strict" if len(head) <= MAX_HEADER_BYTES
+                                              else "ignore")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file is not valid CSV: {shown(path)} ({shown(exc)})") from None
+    names = next((row for row in csv.reader(io.StringIO(text)) if row), [])  # pandas skips blank lines
+    if len(names) > limits.max_columns:
+        raise DataError(f"{shown(path)} has {len(names):,} columns; the cap is {limits.max_columns:,} (--max-columns)")
+    if problem := name_problem(names, "column"):
+        raise DataError(f"{shown(path)}: {problem}")
+    return names
+
+
+def read_csv(path: str | Path, limits: Limits = Limits()) -> pd.DataFrame:
+    """A CSV with a header row; empty cells, NA, NaN, null (pandas' defaults) are missing values.
+    Within the caps: columns, and rows x columns held in memory."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {shown(path)}")
+    names = _header(path, limits)
+    max_rows = max(1, limits.max_cells // max(1, len(names)))
     try:
-        return pd.read_csv(path)
+        frame = pd.read_csv(path, nrows=max_rows + 1)
     except pd.errors.EmptyDataError:
-        raise DataError(f"data file is empty: {path}") from None
+        raise DataError(f"data file is empty: {shown(path)}") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"data file is not valid CSV: {path} ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"data file is not valid CSV: {shown(path)} ({shown(str(exc).splitlines()[0])})") from None
+    if len(frame) > max_rows:
+        raise DataError(f"{shown(path)} has more than {max_rows:,} rows: {len(names):,} columns x {max_rows:,} rows "
+                        f"is the cap of {limits.max_cells:,} cells (--max-cells)")
+    return frame
 
 
 def _columns(names, frame: pd.DataFrame, option: str) -> list[str]:
     unknown = [n for n in names if n not in frame.columns]
     if unknown:
-        raise DataError(f"{option} names column(s) not in the data: {unknown}; columns are {list(frame.columns)}")
+        raise DataError(f"{option} names column(s) not in the data: {shown_list(unknown)}; "
+                        f"columns are {shown_list(frame.columns)}")
     return list(names)
 
 
@@ -90,11 +120,11 @@ def prepare_features(features: pd.DataFrame, categorical: list[str] = ()) -> tup
     for name, column in features.items():
         name = str(name)
         if column.isna().all():
-            raise DataError(f"column {name!r} is empty: every value is missing (leave it out with --drop {name})")
+            raise DataError(f"column {shown(name)} is empty: every value is missing (leave it out with --drop)")
         distinct = column.nunique()
         if len(column) >= 20 and distinct >= 0.95 * column.notna().sum() and kinds[name] in ("category", "integer"):
-            warnings.append(f"column {name!r} looks like an identifier ({distinct} distinct values in "
-                            f"{len(column)} rows); consider --drop {name}")
+            warnings.append(f"column {shown(name)} looks like an identifier ({distinct} distinct values in "
+                            f"{len(column)} rows); consider --drop")
         if kinds[name] == "category":
             columns[name] = as_category(column)
         elif kinds[name] == "boolean":
@@ -104,24 +134,29 @@ def prepare_features(features: pd.DataFrame, categorical: list[str] = ()) -> tup
     return pd.DataFrame(columns, index=features.index), kinds, warnings
 
 
-def load_csv_dataset(path: str | Path, target: str, categorical: list[str] = (), drop: list[str] = ()) -> Dataset:
-    frame = read_csv(path)
-    if target not in frame.columns:
-        raise DataError(f"target column {target!r} not in {path}; columns are {list(frame.columns)}")
+def load_csv_dataset(path: str | Path, target: str, categorical: list[str] = (), drop: list[str] = (),
+                     limits: Limits = Limits()) -> Dataset:
+    frame = read_csv(path, limits)
+    check_target(frame, target, path)
     drop = _columns(drop, frame, "--drop")
     categorical = _columns(categorical, frame, "--categorical")
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
-        raise DataError(f"{path} has no feature columns besides the target {target!r}")
+        raise DataError(f"{shown(path)} has no feature columns besides the target {shown(target)}")
     if frame[target].isna().any():
-        raise DataError(f"target column {target!r} has {int(frame[target].isna().sum())} missing value(s)")
+        raise DataError(f"target column {shown(target)} has {int(frame[target].isna().sum())} missing value(s)")
     if len(frame) < MIN_ROWS:
-        raise DataError(f"{path} has {len(frame)} rows; at least {MIN_ROWS} are needed")
+        raise DataError(f"{shown(path)} has {len(frame)} rows; at least {MIN_ROWS} are needed")
     X, kinds, warnings = prepare_features(features, categorical)
     y = frame[target]
     if not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
         y = y.astype(object)  # labels as Python values: strings stay strings
     return Dataset(X, y, str(path), kinds, warnings)
+
+
+def check_target(frame: pd.DataFrame, target: str, path) -> None:
+    if target not in frame.columns:
+        raise DataError(f"target column {shown(target)} not in {shown(path)}; columns are {shown_list(frame.columns)}")
 
 
 def infer_task(y: pd.Series) -> str:

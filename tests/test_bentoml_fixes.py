@@ -23,6 +23,7 @@ from sklearn_service import bentoml_fixes
 from sklearn_service.bentoml_fixes import ORIGINAL, Fix
 from sklearn_service.middleware import RequestGuard
 from tests.load import run_load
+from tests.prometheus_text import scrape
 from tests.serving import Server, write_config
 
 
@@ -134,9 +135,9 @@ def test_each_server_gets_its_own_metrics_dir(tmp_path):
 
 # --- client_errors_as_warnings -----------------------------------------------------------------
 
-def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
+def log_errors(monkeypatch, filters: list, fail, count: int = 1) -> list[logging.LogRecord]:
+    """What BentoML's request handler logs for `count` requests whose handling raised as `fail()` does."""
     from bentoml._internal.server.http_app import log_exception
-    from pydantic import BaseModel, ValidationError
     from starlette.requests import Request
 
     http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
@@ -146,14 +147,22 @@ def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
     handler.emit = records.append
     http_app.addHandler(handler)
     try:
-        try:
-            type("Row", (BaseModel,), {"__annotations__": {"x": int}}).model_validate({"x": "not a number"})
-        except ValidationError as exc:
-            log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
-                          exc_info=(type(exc), exc, exc.__traceback__))
+        for _ in range(count):
+            try:
+                fail()
+            except Exception as exc:
+                log_exception(Request({"type": "http", "method": "POST", "path": "/predict", "headers": []}),
+                              exc_info=(type(exc), exc, exc.__traceback__))
     finally:
         http_app.removeHandler(handler)
-    (record,) = records
+    return records
+
+
+def log_a_client_error(monkeypatch, filters: list) -> logging.LogRecord:
+    from pydantic import BaseModel
+
+    (record,) = log_errors(monkeypatch, filters, lambda: type("Row", (BaseModel,), {"__annotations__": {"x": int}})
+                           .model_validate({"x": "not a number"}))
     return record
 
 
@@ -165,6 +174,33 @@ def test_client_errors_logged_as_errors_with_traceback_on_unpatched_bentoml(monk
 def test_client_errors_logged_as_one_line_warnings(monkeypatch):
     record = log_a_client_error(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()])
     assert record.levelno == logging.WARNING and not record.exc_info and "client error" in record.getMessage()
+
+
+def log_server_errors(monkeypatch, filters: list, count: int) -> list[logging.LogRecord]:
+    def bug():
+        raise RuntimeError("a bug in the API function")
+
+    return log_errors(monkeypatch, filters, bug, count)
+
+
+def test_every_server_error_logs_a_traceback_on_unpatched_bentoml(monkeypatch):
+    records = log_server_errors(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()], 200)
+    assert len(records) == 200 and all(r.exc_info for r in records)
+
+
+def test_repeated_server_errors_log_one_traceback_per_interval(monkeypatch):
+    from sklearn_service.log_limit import RateLimitFilter
+
+    clock = [0.0]
+    limit = RateLimitFilter(interval=10, clock=lambda: clock[0])
+    filters = [bentoml_fixes.ClientErrorsAsWarnings(), limit]
+    first = log_server_errors(monkeypatch, filters, 200)
+    clock[0] = 11
+    later = log_server_errors(monkeypatch, filters, 1)
+    assert len(first) == 1 and first[0].exc_info
+    assert len(later) == 1 and not later[0].exc_info and "(and 199 more like it in the last 11 s)" in later[0].getMessage()
+    client = log_a_client_error(monkeypatch, filters)  # client errors stay one-line warnings, each of them
+    assert client.levelno == logging.WARNING
 
 
 # --- entry_service_stops_first -----------------------------------------------------------------
@@ -410,7 +446,7 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 @pytest.fixture(scope="module")
 def unpatched_server(tmp_path_factory, bentoml_home, trained):
     def unpatched(settings):
-        settings["app"]["skip_fixes"] = ["header_timeout", "client_checks_first"]
+        settings["app"]["skip_fixes"] = ["header_timeout", "client_checks_first", "metrics_by_route"]
         settings["app"]["client_timeout_seconds"] = 3
         settings["services"]["SklearnService"]["traffic"]["timeout"] = 1.5
 
@@ -436,3 +472,72 @@ def test_declared_body_never_sent_gets_a_504_on_unpatched_bentoml(unpatched_serv
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"features\"")
         assert sock.recv(4096).startswith(b"HTTP/1.1 504")
+
+
+# --- metrics_by_route ----------------------------------------------------------------------------
+
+def endpoint_labels(url: str) -> set[str]:
+    return {dict(labels)["endpoint"] for (name, labels), _ in scrape(url).items()
+            if name.startswith("bentoml_service_request") and "endpoint" in dict(labels)}
+
+
+def send_distinct_paths(url: str, count: int, tag: str) -> None:
+    with requests.Session() as session:  # no API key needed: the metrics ran before any check
+        for i in range(count):
+            session.get(f"{url}/{tag}-{i}", timeout=5)
+
+
+def test_every_request_path_becomes_a_label_value_on_unpatched_bentoml(unpatched_server):
+    send_distinct_paths(unpatched_server.url, 50, "probe")
+    assert {f"/probe-{i}" for i in range(50)} <= endpoint_labels(unpatched_server.url)
+
+
+def test_label_values_are_the_routes_and_other(server, trained):
+    name, version = trained["tag"].split(":")
+    for path in ("/metadata", "/livez", "/v2/health/live", "/v2", f"/v2/models/{name}", f"/v2/models/{name}/ready",
+                 f"/v2/models/nope/versions/{version}/ready", "/static_content/swagger-ui.css", "/docs.json"):
+        requests.get(server.url + path, timeout=5)
+    requests.post(f"{server.url}/v2/models/any-name-{version}/infer", json={}, timeout=5)
+    send_distinct_paths(server.url, 20, "first")
+    before = scrape(server.url)
+    send_distinct_paths(server.url, 300, "many")
+    after = scrape(server.url)
+
+    routes = {"/predict", "/predict_batch", "/predict_proba", "/metadata", "/livez", "/healthz", "/readyz",
+              "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2", "/v2/health/live",
+              "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
+              "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
+              "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "other"}
+    seen = endpoint_labels(server.url)
+    assert {"other", "/v2/models/{name}/infer", "/v2/health/live", "/static_content/{path}", "/metadata"} <= seen
+    assert seen <= routes, seen - routes
+    assert set(after) == set(before)  # 300 new paths, not one new series
+    total = "bentoml_service_request_total"
+    assert sum(v for (n, ls), v in after.items() if n == total and ("endpoint", "other") in ls) - \
+        sum(v for (n, ls), v in before.items() if n == total and ("endpoint", "other") in ls) == 300
+
+
+def test_route_labels_of_an_app_with_mounts():
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    async def nothing(request):
+        return None
+
+    class Aliases:
+        ROUTES = ("/v2/health/live",)
+
+        def __init__(self, app):
+            self.app = app
+
+    inner = Starlette(routes=[Route("/v2/models/{name}/infer", nothing), Route("/v2", nothing)])
+    app = Starlette(routes=[Route("/predict", nothing), Mount("/", inner),
+                            Mount("/static", StaticFiles(directory=".", check_dir=False))],
+                    middleware=[Middleware(Aliases)])
+    route = bentoml_fixes.RouteLabels(app)
+    assert [route(path) for path in ("/predict", "/v2/models/m/infer", "/v2/models/a/b/infer", "/v2", "/v2/",
+                                     "/static/x/y.css", "/v2/health/live", "/predict/", "/" + "x" * 20000)] == \
+        ["/predict", "/v2/models/{name}/infer", "other", "/v2", "other", "/static/{path}", "/v2/health/live",
+         "other", "other"]

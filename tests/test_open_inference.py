@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from types import SimpleNamespace
 
 import bentoml
@@ -21,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 import tests.test_hostile_input as hostile
 import train as train_cli
 from sklearn_service import open_inference
-from sklearn_service.errors import Overloaded, runner_failure
+from sklearn_service.errors import Overloaded, RequestError, runner_failure
 from sklearn_service.training import load_csv_dataset
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
@@ -229,11 +230,52 @@ def test_bad_binary_data_is_400(server, model, size, raw, length, words):
     assert response.status_code == 400 and words in response.json()["error"], response.text
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "9" * 400, "1" + "0" * 19, "+12", "-0",
+                                    "1e3", "0x10", "12.0", ""], ids=lambda v: ascii(v)[:12])
+def test_header_length_takes_only_bounded_ascii_digits(server, model, length):
+    """str.isdigit() takes '²' (int() then raised: a 500) and Arabic-Indic or full-width digits
+    (int() read them): only ASCII digits, at most the body's length."""
+    text = json.dumps(tensor([1, 30], ROW)).encode()
+    try:
+        raw = length.encode("latin-1")  # how HTTP headers are read: "²" arrives as "²"
+    except UnicodeEncodeError:
+        raw = length.encode()
+    response = requests.post(server.url + f"/v2/models/{model['name']}/infer", data=text, timeout=30,
+                             headers={"Inference-Header-Content-Length": raw})
+    assert response.status_code == 400, response.text
+    assert "Inference-Header-Content-Length must be" in response.json()["error"]
+    with pytest.raises(RequestError, match="Inference-Header-Content-Length must be"):  # as any text
+        open_inference.split_body({"Inference-Header-Content-Length": length}, text)
+
+
+@pytest.mark.parametrize("shape", [[10 ** 400, 30], [1, 10 ** 400], [2 ** 63, 30], [True, 30], [1, True],
+                                   [1.0, 30], [1e308, 30], ["1", 30], [None, 30], [[1], 30], [-1, 30]],
+                         ids=lambda v: str(v)[:12])
+def test_shape_dimensions_are_bounded_json_integers(server, model, shape):
+    body = json.dumps(tensor(shape, ROW))
+    response = requests.post(server.url + f"/v2/models/{model['name']}/infer", data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "shape must be [N, features] or [N] with whole numbers 0 to 9223372036854775807" in error
+    assert len(error) < 300  # a 400-digit dimension is not echoed back
+
+
+@pytest.mark.parametrize("size", [10 ** 400, 2 ** 64, True, -1, 1.5, "240", None], ids=lambda v: repr(v)[:12])
+def test_binary_data_size_is_a_bounded_integer(server, model, size):
+    header = {"inputs": [{"name": "input-0", "shape": [1, 30], "datatype": "FP64",
+                          "parameters": {"binary_data_size": size}}]}
+    response = binary_request(server, model, header, np.ones(30).tobytes())
+    assert response.status_code == 400, response.text
+    assert len(response.json()["error"]) < 300
+
+
 def test_binary_bytes_elements_are_checked(server, model):
     header = {"inputs": [{"name": "input-0", "shape": [1, 30], "datatype": "BYTES",
                           "parameters": {"binary_data_size": 8}}]}
-    response = binary_request(server, model, header, (100).to_bytes(4, "little") + b"abcd")
-    assert response.status_code == 400 and "BYTES element 0 runs past its data" in response.json()["error"]
+    for length in (100, 2 ** 32 - 1):
+        response = binary_request(server, model, header, length.to_bytes(4, "little") + b"abcd")
+        assert response.status_code == 400 and "BYTES element 0 runs past its data" in response.json()["error"]
 
 
 @hostile.HOSTILE
@@ -243,6 +285,18 @@ def test_any_json_in_a_tensor_is_never_a_server_error(server, model, value, fiel
     body = json.dumps({"inputs": [spec]})  # NaN and Infinity literals included
     hostile.assert_clear_client_answer(requests.post(server.url + f"/v2/models/{model['name']}/infer", data=body,
                                                      headers={"Content-Type": "application/json"}, timeout=10))
+
+
+@hostile.HOSTILE
+@given(value=hostile.ANY_JSON, field=st.sampled_from(["shape", "datatype", "name", "parameters", "inputs", "outputs"]))
+def test_any_json_in_a_binary_request_is_never_a_server_error(server, model, value, field):
+    spec = {"name": "input-0", "shape": [1, 30], "datatype": "FP64", "parameters": {"binary_data_size": 240}}
+    header = {"inputs": [spec]}
+    (header if field in ("inputs", "outputs") else spec)[field] = value
+    text = json.dumps(header).encode()
+    hostile.assert_clear_client_answer(requests.post(
+        server.url + f"/v2/models/{model['name']}/infer", data=text + np.ones(30).tobytes(), timeout=10,
+        headers={"Inference-Header-Content-Length": str(len(text))}))
 
 
 # ---- shared with the rest of the API: metrics, auth --------------------------------------------------
@@ -255,6 +309,35 @@ def test_v2_requests_count_in_the_service_metrics(server, model, cancer):
     assert delta(before, after, "ml_predictions_total", endpoint="/v2/infer", outcome="success") == 3
     assert delta(before, after, "ml_predictions_total", endpoint="/v2/infer", outcome="rejected") == 2
     assert delta(before, after, "ml_rejected_requests_total", endpoint="/v2/infer", reason="wrong_shape") == 1
+
+
+@pytest.mark.parametrize("body, received", [
+    (tensor([10 ** 308, 30], ROW), 1),
+    (tensor([10 ** 18, 30], [ROW, ROW]), 2),
+    (tensor([10 ** 400, 30], ROW), 1),
+    (tensor("30", ROW), 30),
+    ({"inputs": "x"}, 0),
+    (tensor([5, 30], ROW[:29]), 1),
+    (tensor([3], ROW[:3], name="mean radius"), 3),
+])
+def test_refused_requests_count_the_rows_received_not_the_rows_claimed(server, model, body, received):
+    """A shape claiming 10**308 rows added them to the counter (twice: +Inf until a restart)."""
+    before = scrape(server.url)
+    for _ in range(2):
+        assert v2(server, f"/v2/models/{model['name']}/infer", body).status_code == 400
+    after = scrape(server.url)
+    assert delta(before, after, "ml_predictions_total", endpoint="/v2/infer", outcome="rejected") == 2 * received
+    assert all(math.isfinite(value) for value in after.values())
+
+
+@pytest.mark.parametrize("datatype, received", [("FP64", 2), ("BYTES", 4), (["FP64"], 4), ({"a": 1}, 4), (None, 4)])
+def test_refused_binary_requests_count_the_rows_in_the_body(server, model, datatype, received):
+    header = {"inputs": [{"name": "input-0", "shape": [10 ** 18, 30], "datatype": datatype,
+                          "parameters": {"binary_data_size": 480}}]}
+    before = scrape(server.url)
+    assert binary_request(server, model, header, np.ones(60).tobytes()).status_code == 400
+    assert delta(before, scrape(server.url), "ml_predictions_total", endpoint="/v2/infer",
+                 outcome="rejected") == received
 
 
 def test_row_and_body_limits_apply(server, model):
