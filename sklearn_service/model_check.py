@@ -112,6 +112,8 @@ def inspect(model, metadata: dict, name: str) -> ModelFacts:
     signature = Signature.from_metadata(metadata) or Signature.from_estimator(model)
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     kind = metadata.get("model_kind") or type(final).__name__
+    if not hasattr(model, "predict"):  # e.g. LocalOutlierFactor without novelty=True
+        raise ModelError(f"model {name}: the {kind} has no predict; it cannot be served")
     signature.task = estimator_task(model)
     if signature.task != "classification":
         signature.classes = None
