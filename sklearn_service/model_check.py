@@ -95,7 +95,7 @@ def _raising_columns(model, signature: Signature, base: np.ndarray, columns: lis
         model.predict(signature.to_model_input(part))
         return 0.0
 
-    failed = failing_rows(answer, rows, np.zeros(len(columns)))
+    failed = failing_rows(lambda part: answer(rows[part]), np.arange(len(rows)), np.zeros(len(columns)))
     return [columns[i] for i, _ in failed]
 
 

@@ -49,24 +49,33 @@ def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndar
 
 
 def failing_rows(answer, rows: np.ndarray, out: np.ndarray) -> list[tuple[int, Exception]]:
-    """Fills `out` with answer(rows), splitting in halves around the rows `answer` raises on;
-    returns those rows' indices with their errors (their `out` rows are left as they were)."""
+    """Sets out[rows] = answer(rows) (`rows` an index array), halving around the rows `answer`
+    raises on; returns those rows with their errors (their `out` rows are left as they were)."""
     failed = []
 
-    def solve(start: int, stop: int) -> None:
+    def solve(part: np.ndarray) -> None:
         try:
-            out[start:stop] = answer(rows[start:stop])
+            out[part] = answer(part)
             return
         except Exception as exc:
-            if stop - start == 1:
-                failed.append((start, exc))
+            if len(part) == 1:
+                failed.append((int(part[0]), exc))
                 return
-        middle = (start + stop) // 2
-        solve(start, middle)
-        solve(middle, stop)
+        middle = len(part) // 2
+        solve(part[:middle])
+        solve(part[middle:])
 
-    solve(0, len(rows))
+    if len(rows):
+        solve(rows)
     return failed
+
+
+def _non_finite_groups(prepared) -> list[np.ndarray]:
+    """Rows of a dense float matrix holding NaN (and no infinity), and rows holding infinity."""
+    if not isinstance(prepared, np.ndarray) or prepared.dtype.kind != "f" or prepared.ndim != 2:
+        return []
+    infinite, missing = np.isinf(prepared).any(axis=1), np.isnan(prepared).any(axis=1)
+    return [group for group in (np.flatnonzero(missing & ~infinite), np.flatnonzero(infinite)) if len(group)]
 
 
 class ServingModel:
@@ -116,8 +125,9 @@ class ServingModel:
             return index.astype(np.float64)
         return np.asarray(out, dtype=np.float64)
 
-    def _predict(self, rows: np.ndarray) -> np.ndarray:
-        model, X = self._model(rows)
+    def _predict(self, rows: np.ndarray, model=None, X=None) -> np.ndarray:
+        if model is None:
+            model, X = self._model(rows)
         return self.convert("predict", model.predict(X))
 
     def _predict_all(self, rows: np.ndarray, model=None, X=None) -> np.ndarray:
@@ -136,11 +146,22 @@ class ServingModel:
         columns = [self.convert(name, answers[name]) for name in ("predict", *self.outputs)]
         return np.column_stack(columns)
 
-    def _answer(self, method: str, rows: np.ndarray) -> np.ndarray:
+    def _answer(self, method: str, rows: np.ndarray, model=None, X=None) -> np.ndarray:
         if method == "predict":
-            return self._predict(rows)
-        answer = self._predict_all(rows)
+            return self._predict(rows, model, X)
+        answer = self._predict_all(rows, model, X)
         return answer if method == "predict_all" else answer[:, self.columns[method]]
+
+    def _final_step_input(self, rows: np.ndarray):
+        """(final step, its input for every row) when the steps before it take the whole batch:
+        the search for failing rows then calls only the final step (usually where a batch raises,
+        on a NaN or infinity the steps before made), not the DataFrame and transformers each time."""
+        if not hasattr(self.pipeline, "steps") or len(self.pipeline.steps) < 2:
+            return None
+        try:
+            return self.pipeline.steps[-1][1], self.pipeline[:-1].transform(self.signature.to_model_input(rows))
+        except Exception:
+            return None
 
     def _isolate(self, method: str, rows: np.ndarray) -> np.ndarray:
         """The batch raised: the rows it can answer answered, the others NaN."""
@@ -150,7 +171,26 @@ class ServingModel:
             columns = self.columns[method] if method != "predict_all" else slice(0, max(
                 c.stop for c in self.columns.values()))
             out = np.full((len(rows), columns.stop - columns.start), np.nan)
-        failed = failing_rows(lambda part: self._answer(method, part), rows, out)
+        staged = self._final_step_input(rows)
+        todo, failed = np.arange(len(rows)), []
+        if staged is None:
+            def answer(part):
+                return self._answer(method, rows[part])
+        else:
+            final, prepared = staged
+
+            def answer(part):
+                return self._answer(method, rows[part], final, prepared[part])
+
+            # A final step that refuses NaN (or infinity) refuses every row holding one: one call
+            # tells, where halving would take two calls a row when most of the batch holds them.
+            for group in _non_finite_groups(prepared):
+                try:
+                    answer(group[:1])
+                except Exception as exc:
+                    failed += [(int(i), exc) for i in group]
+                    todo = np.setdiff1d(todo, group)
+        failed += failing_rows(answer, todo, out)
         if failed:
             logger.warning("model raised on %d of %d rows; first: %r", len(failed), len(rows), failed[0][1])
         return out

@@ -164,27 +164,27 @@ def test_a_missing_value_the_model_raises_on_is_a_400_before_batching(linear_svc
 
 
 def test_a_row_the_model_raises_on_fails_alone_and_fast_while_others_are_served(linear_svc_server):
-    """1,000 rows whose last one the model raises on (balance -5: log of a negative number):
-    that request alone gets a 422 naming the row, quickly; requests sent meanwhile are answered."""
+    """1,000 rows whose last one (or every one) the model raises on (balance -5: log of a negative
+    number): that request alone gets a 422 naming the rows, quickly; requests sent meanwhile are answered."""
     srv = linear_svc_server
     X = bank_frame(1000, 4)[0]
-    bad = X.to_numpy().tolist()
-    bad[-1][1] = -5.0
+    last_bad, all_bad = X.to_numpy().tolist(), X.assign(balance=-5.0).to_numpy().tolist()
+    last_bad[-1][1] = -5.0
     innocent = X.iloc[:60]
     expected = srv.model.predict(innocent).tolist()
 
-    def send_bad():
+    def send_bad(rows):
         start = time.perf_counter()
-        answer = post(srv, "/predict_batch", {"instances": bad})
+        answer = post(srv, "/predict_batch", {"instances": rows})
         return answer, time.perf_counter() - start
 
     with ThreadPoolExecutor(12) as pool:
-        refused = [pool.submit(send_bad) for _ in range(3)]
+        refused = [pool.submit(send_bad, rows) for rows in (last_bad, all_bad, last_bad)]
         answers = list(pool.map(lambda row: post(srv, "/predict", {"features": row}), innocent.to_numpy().tolist()))
         refused = [f.result() for f in refused]
-    for answer, seconds in refused:
+    for (answer, seconds), named in zip(refused, ("[999]", "[0, 1, 2, 3", "[999]")):
         assert answer.status_code == 422 and answer.json()["reason"] == "model_refused_row", answer.text
-        assert "instance(s) [999]" in answer.json()["error"] and seconds < 1.0, seconds
+        assert f"instance(s) {named}" in answer.json()["error"] and seconds < 1.0, seconds
     assert [a.status_code for a in answers] == [200] * len(answers)
     assert [a.json()["prediction"] for a in answers] == expected
 
@@ -320,7 +320,7 @@ def test_failing_rows_are_found_in_log_n_calls():
         return part[:, 0]
 
     out = np.full(800, np.nan)
-    failed = failing_rows(answer, rows, out)
+    failed = failing_rows(lambda part: answer(rows[part]), np.arange(800), out)
     assert [i for i, _ in failed] == [799] and len(calls) <= 2 * 10 + 1
     np.testing.assert_array_equal(out[:799], np.arange(799.0))
     assert np.isnan(out[799])
