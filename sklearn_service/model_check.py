@@ -206,9 +206,12 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
         if line.startswith("warning: "):
             print(line, file=sys.stderr)
     answer = json.loads(done.stdout.strip().splitlines()[-1])
-    fd, path = tempfile.mkstemp(prefix="sklearn-service-model-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(answer, f)
+    try:
+        fd, path = tempfile.mkstemp(prefix="sklearn-service-model-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(answer, f)
+    except OSError:  # nowhere to write: each worker checks for itself
+        return stored, ModelFacts.from_json(answer)
     atexit.register(_remove, path)
     os.environ[FACTS_ENV] = path  # inherited by the workers BentoML starts from this process
     return stored, ModelFacts.from_json(answer)
