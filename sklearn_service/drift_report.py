@@ -33,6 +33,7 @@ from sklearn_service.training import REFERENCE_FILE, TARGET_COLUMN, as_category,
 
 THRESHOLD = 0.2
 PREDICTION = "prediction"
+NO_VALUES = "no values logged"
 ROOT = Path(__file__).resolve().parent.parent
 REPORT_PYTHON = ROOT / ".venv-report" / "bin" / "python"
 HTML_SCRIPT = Path(__file__).with_name("drift_html.py")
@@ -61,7 +62,9 @@ def _codes(column: pd.Series, categories: list) -> np.ndarray:
 
 
 def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """A table of decoded values as the service encodes rows (signature.py), and its target column."""
+    """A table of decoded values as the service encodes rows (signature.py), and its target column.
+    A feature the log never holds (every value null, so a log line may leave it out) is all missing."""
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *signature.names])))
     rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
                             for f in signature.features])
     y = frame[target] if target in frame else pd.Series(np.nan, index=frame.index)
@@ -86,7 +89,8 @@ def _test(reference: np.ndarray, current: np.ndarray, by_category: bool) -> tupl
 
 
 def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
-    """Per tracked feature and the prediction: test, statistic, p-value, PSI and whether it drifted."""
+    """Per tracked feature and the prediction: values logged, test, statistic, p-value, PSI and whether it
+    drifted (never, without logged values: nothing to compare)."""
     bins = Bins(signature)
     ref_rows, ref_y = encode(signature, reference, TARGET_COLUMN)
     cur_rows, cur_y = encode(signature, current, PREDICTION)
@@ -101,16 +105,21 @@ def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFra
         values = (ref_counts[segment], cur_counts[segment]) if by_category else \
             ((ref_y, cur_y) if source is None else (ref_rows[:, source], cur_rows[:, source]))
         test, statistic, p_value = _test(*values, by_category)
-        lines.append({"feature": name, "test": test, "statistic": statistic, "p_value": p_value,
-                      "psi": float(psi[j]), "drifted": bool(psi[j] > THRESHOLD)})
+        logged = int(np.count_nonzero(~np.isnan(cur_y if source is None else cur_rows[:, source])))
+        lines.append({"feature": name, "values": logged, "test": test, "statistic": statistic, "p_value": p_value,
+                      "psi": float(psi[j]), "drifted": bool(logged and psi[j] > THRESHOLD)})
     return pd.DataFrame(lines)
 
 
 def format_summary(summary: pd.DataFrame, rows: int) -> str:
-    table = summary.assign(drifted=summary["drifted"].map({True: "yes", False: "no"})).to_string(
+    empty = summary["values"] == 0
+    shown = summary.assign(drifted=np.where(empty, NO_VALUES, summary["drifted"].map({True: "yes", False: "no"})))
+    table = shown.drop(columns="values").to_string(
         index=False, formatters={"statistic": "{:.3f}".format, "p_value": "{:.2g}".format, "psi": "{:.3f}".format})
     drifted = summary.loc[summary["drifted"], "feature"].tolist()
     verdict = f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted else f"no drift (every PSI <= {THRESHOLD})"
+    if empty.any():
+        verdict += f"\n{NO_VALUES}: {', '.join(summary.loc[empty, 'feature'])}"
     return f"{rows} logged rows against the training reference\n{table}\n{verdict}"
 
 
@@ -122,18 +131,23 @@ def write_html(signature: Signature, reference: pd.DataFrame, current: pd.DataFr
     (categorical if signature.classes is not None else numerical).append(PREDICTION)
 
     def table(frame: pd.DataFrame, target: str) -> pd.DataFrame:
-        columns = {f.name: frame[f.name] for f in signature.features}
-        columns[PREDICTION] = frame[target] if target in frame else np.nan
-        frame = pd.DataFrame(columns)
+        columns = {f.name: frame.get(f.name, np.nan) for f in signature.features}
+        columns[PREDICTION] = frame.get(target, np.nan)
+        frame = pd.DataFrame(columns, index=frame.index)
         for name in categorical:  # one spelling per category: True and 1.0 both "1"
             frame[name] = as_category(frame[name].map(lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v))
         return frame
 
+    reference, current = table(reference, TARGET_COLUMN), table(current, PREDICTION)
+    # Evidently fails on a column without values; such a column is named in the report instead
+    left_out = {name: NO_VALUES for name in current.columns[current.isna().all()]}
+    left_out |= {name: "no values in the training reference" for name in reference.columns[reference.isna().all()]}
+    numerical, categorical = ([name for name in names if name not in left_out] for names in (numerical, categorical))
     with tempfile.TemporaryDirectory() as folder:
         spec = {"reference": f"{folder}/reference.csv", "current": f"{folder}/current.csv", "out": str(out),
-                "numerical": numerical, "categorical": categorical}
-        table(reference, TARGET_COLUMN).to_csv(spec["reference"], index=False)
-        table(current, PREDICTION).to_csv(spec["current"], index=False)
+                "numerical": numerical, "categorical": categorical, "left_out": left_out}
+        reference.drop(columns=list(left_out)).to_csv(spec["reference"], index=False)
+        current.drop(columns=list(left_out)).to_csv(spec["current"], index=False)
         Path(f"{folder}/spec.json").write_text(json.dumps(spec))
         result = subprocess.run([str(python), str(HTML_SCRIPT), f"{folder}/spec.json"], capture_output=True, text=True)
     if result.returncode != 0:

@@ -18,6 +18,20 @@ from sklearn_service.signature import UNSEEN_CODE, Signature
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+# The label values every per-endpoint series exists for from start-up, at 0, so alerts and dashboards read 0
+# rather than "no data" after a restart, and rate() counts the first requests. The one list of them:
+# the prediction endpoints (each takes SklearnService._serve; "/v2/infer" is every V2 infer path),
+# their outcomes, and the reasons _serve refuses a request with (RequestError's reason).
+ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/v2/infer")
+OUTCOMES = ("success", "rejected", "error")
+REJECT_REASONS = (
+    "wrong_length", "unknown_feature", "missing_feature", "wrong_type", "missing_value", "unknown_category",
+    "non_finite", "out_of_range", "empty_batch", "too_many_rows", "not_a_classifier", "model_refused_row",
+    # the V2 protocol's own
+    "invalid_json", "invalid_request", "bad_binary_data", "wrong_datatype", "wrong_shape", "wrong_data",
+    "wrong_inputs", "unknown_output",
+)
+
 
 class ServiceMetrics:
     def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None):
@@ -53,7 +67,16 @@ class ServiceMetrics:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
                                                   or Histogram.DEFAULT_BUCKETS))
-        # series for every known feature and class exist from start-up, at 0 (no "no data" after a restart)
+        # series for every known endpoint, outcome, reason, feature and class exist from start-up, at 0
+        for endpoint in ENDPOINTS:
+            self.latency.labels(endpoint)
+            for outcome in OUTCOMES:
+                self.predictions.labels(endpoint, tag, outcome)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(endpoint, reason)
+        if self.class_names is None:
+            self.values.labels(tag)
+        _bentoml_latency_series()
         self._out_of_range = [self.out_of_range.labels(name) for name in self.feature_names]
         self._unseen = [self.unseen.labels(self.feature_names[column]) for column in self.category_columns]
         self._classes = [self.classes.labels(tag, name) for name in self.class_names or []]
@@ -107,3 +130,24 @@ class ServiceMetrics:
 
     def error(self, endpoint: str, rows: int) -> None:
         self.predictions.labels(endpoint, self.tag, "error").inc(rows)
+
+
+def _bentoml_latency_series() -> None:
+    """BentoML's own latency histogram for each API route, at 0. BentoML creates its request counter per
+    route at start-up but this histogram only on a route's first request; this creates it as its HTTP
+    middleware labels it (bentoml/_internal/server/http/instruments.py), in the same multiprocess files,
+    so both write one series. Left unregistered: BentoML's middleware registers the metric itself."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.context import server_context
+    from prometheus_client import Histogram
+
+    metrics = BentoMLContainer.api_server_config.metrics
+    if not metrics.enabled.get():
+        return
+    histogram = Histogram("request_duration_seconds", "runner RPC duration in seconds",
+                          ["endpoint", "service_name", "service_version", "http_response_code", "runner_name"],
+                          namespace=metrics.namespace.get(), buckets=BentoMLContainer.duration_buckets.get(),
+                          registry=None)
+    for route in server_context.service_routes:
+        histogram.labels(route, server_context.bento_name, server_context.bento_version, "200",
+                         server_context.service_name)

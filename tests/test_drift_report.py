@@ -1,10 +1,12 @@
 """The offline drift report: a payload log with a known shift against the reference kept with the model;
-the summary names exactly the shifted features, and the HTML renders in headless Chromium."""
+the summary names exactly the shifted features, and the HTML renders in headless Chromium; a feature
+with no logged values is named, not fatal; hostile category values and feature names run nothing."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,8 @@ import pandas as pd
 import pytest
 
 import train as train_cli
+from sklearn_service import drift_report
+from sklearn_service.drift_html import SCRIPT
 from sklearn_service.drift_report import REPORT_PYTHON, load_model, read_log, summarize
 from sklearn_service.payload_log import decoded_columns
 from sklearn_service.signature import Signature
@@ -23,6 +27,7 @@ from sklearn_service.validation import RowEncoder
 from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
 from tests.serving import ROOT
 from tests.test_first_contact import CHROMIUM, CHROMIUM_FLAGS
+from tests.test_mixed_serving import CHROMIUM_ARGS
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -102,3 +107,94 @@ def test_the_command_prints_the_summary_and_writes_an_html_report_chromium_rende
                     f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=180)
     print(f"drift report screenshot: {shot}")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_a_feature_never_logged_is_reported_not_fatal(penguin_log, tmp_path, capsys):
+    """"sex" null in every logged row, "bill_length_mm" left out of every line: both named, the rest compared."""
+    frame = penguins(300, seed=5)
+    frame["sex"] = None
+    write_payload_log(tmp_path / "logs", penguin_log["signature"], json_rows(frame[FEATURES]), ["Adelie"] * 300)
+    log = next((tmp_path / "logs").rglob("data.1.log"))
+    log.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "bill_length_mm"}) + "\n"
+                           for line in log.read_text().splitlines()))
+    signature, reference = load_model(penguin_log["tag"])
+    summary = summarize(signature, reference, read_log(tmp_path / "logs")).set_index("feature")
+    assert summary.loc[["sex", "bill_length_mm"], "values"].tolist() == [0, 0]
+    assert not summary.loc[["sex", "bill_length_mm"], "drifted"].any()
+    assert summary.loc["island", "values"] == 300
+
+    if not REPORT_PYTHON.exists():
+        pytest.skip("Evidently's environment missing (make report-env)")
+    out = tmp_path / "drift.html"
+    assert drift_report.main(["--log", str(tmp_path / "logs"), "--model", penguin_log["tag"], "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"\n\s*sex .* no values logged\n", printed), printed
+    assert "no values logged: bill_length_mm, sex" in printed
+    html = out.read_text()
+    assert "Not in this report: bill_length_mm: no values logged; sex: no values logged" in html
+    assert "flipper_length_mm" in html
+
+
+# Each would run script (a dialog) or leave an element with a handler if it reached the page as markup: closing
+# the data <script>, an HTML comment opening inside it, JavaScript line separators, plotly's own link markup.
+HOSTILE_CATEGORIES = ["</script><img src=x onerror=alert('category')>", "<!--<script>", "plain",
+                      "a\u2028b\u2029</script><svg onload=alert('separator')>",
+                      "<a href=\"javascript:alert('link')\">link</a>"]
+HOSTILE_NUMBER = "<img src=x onerror=alert('feature')>"
+HOSTILE_CATEGORY = "</script><script>alert('feature name')</script>"
+HOSTILE_EMPTY = "<b onmouseover=alert('empty')>empty</b>"  # nullable, null in every logged row
+HOSTILE_CLASSES = ["<svg onload=alert('class')>", "</script><script>alert('class')</script>"]
+
+
+@pytest.mark.skipif(not REPORT_PYTHON.exists(), reason="Evidently's environment missing (make report-env)")
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make system-deps)")
+def test_hostile_values_and_names_run_nothing_in_the_report(bentoml_home, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    rng = np.random.default_rng(3)
+    rows = 400
+    frame = pd.DataFrame({HOSTILE_CATEGORY: rng.choice(HOSTILE_CATEGORIES, rows), HOSTILE_NUMBER: rng.normal(size=rows),
+                          HOSTILE_EMPTY: np.where(rng.random(rows) < 0.2, np.nan, rng.normal(size=rows)),
+                          "label": rng.choice(HOSTILE_CLASSES, rows)})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    assert train_cli.main(["--data", str(tmp_path / "train.csv"), "--target", "label", "--name", "hostile_report"]) == 0
+    tag = str(bentoml.models.get("hostile_report:latest").tag)
+    signature, _ = load_model(tag)
+    served = frame.drop(columns="label").assign(**{HOSTILE_EMPTY: None})
+    served[HOSTILE_NUMBER] += 2  # drift, so the report has something to draw
+    write_payload_log(tmp_path / "logs", signature, json_rows(served), frame["label"].tolist())
+    out = tmp_path / "drift.html"
+    assert drift_report.main(["--log", str(tmp_path / "logs"), "--model", tag, "--out", str(out)]) == 0
+    html = out.read_text()
+    for value in [*HOSTILE_CATEGORIES, HOSTILE_NUMBER, HOSTILE_CATEGORY, HOSTILE_EMPTY, *HOSTILE_CLASSES]:
+        if value != "plain":
+            assert value not in html, f"{value!r} is in the page as markup"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.add_init_script("window.blocked = []; document.addEventListener('securitypolicyviolation', "
+                             "e => window.blocked.push(e.violatedDirective + ': ' + e.sample))")
+        page.goto(out.as_uri())
+        assert dialogs == [], dialogs  # an element injected by the page's markup has fired by its load event
+        toggles = page.get_by_role("button", name="Detail panel visibility toggle")
+        toggles.first.wait_for(timeout=60_000)
+        for toggle in toggles.all():  # each feature's plots: category values as plotly axis labels
+            toggle.click()
+        page.locator(".main-svg").first.wait_for(timeout=30_000)
+        page.mouse.move(100, 60)  # over the note naming the empty feature
+        page.wait_for_timeout(1000)
+        text = page.inner_text("body")
+        injected = page.evaluate("""() => [...document.querySelectorAll('*')].filter(e =>
+            [...e.attributes].some(a => a.name.startsWith('on') || /^\\s*javascript:/i.test(a.value)))
+            .map(e => e.outerHTML.slice(0, 200))""")
+        scripts = page.evaluate("() => [...document.scripts].map(s => s.textContent)")
+        blocked = page.evaluate("window.blocked")
+        page.screenshot(path=str(tmp_path / "hostile.png"))
+        browser.close()
+    assert dialogs == [] and injected == [] and blocked == [], (dialogs, injected, blocked)
+    assert scripts == SCRIPT.findall(html)  # Evidently's own, whole: none added, none cut short
+    # shown as the text they are
+    assert HOSTILE_NUMBER in text and HOSTILE_CATEGORY in text and f"Not in this report: {HOSTILE_EMPTY}" in text

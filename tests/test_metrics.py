@@ -97,3 +97,19 @@ def test_a_second_server_on_the_same_store_leaves_our_metrics_alone(server, post
     assert total(scrape(server.url), "ml_predictions_total", outcome="success") == before
     assert post("/predict", row).ok
     assert total(scrape(server.url), "ml_predictions_total", outcome="success") == before + 1
+
+
+def test_every_reason_a_request_is_refused_with_has_its_series():
+    """REJECT_REASONS (the series created at start-up) holds every reason the code refuses a request with:
+    each RequestError reason raised anywhere, but those never counted as a refusal."""
+    import re
+
+    from sklearn_service.metrics import REJECT_REASONS
+    from tests.serving import ROOT
+
+    not_refusals = {"unknown_model", "not_ready",  # V2 routes that predict nothing
+                    "overloaded", "runner_unavailable", "runner_error"}  # runner trouble: outcome "error"
+    source = "".join(path.read_text() for path in [ROOT / "service.py", *(ROOT / "sklearn_service").glob("*.py")])
+    raised = set(re.findall(r'RequestError\(\s*"(\w+)"', source))
+    assert len(set(REJECT_REASONS)) == len(REJECT_REASONS)
+    assert raised - not_refusals == set(REJECT_REASONS)

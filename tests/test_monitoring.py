@@ -132,3 +132,78 @@ def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, bentoml_home, trained
         rules = requests.get(url + "/api/v1/rules", timeout=5).json()["data"]["groups"][0]["rules"]
         assert {r["name"] for r in rules} >= {"SklearnServiceDown", "SklearnServiceFeatureDrift",
                                               "SklearnServiceDataDrift", "SklearnServicePredictionDrift"}
+
+
+SELECTOR = re.compile(r"\b((?:ml|bentoml)_\w+)\s*(?:\{([^}]*)\})?")
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+# BentoML's runner-side batch histogram: the runner process creates it on its first batch
+FIRST_REQUEST = {"bentoml_service_adaptive_batch_size_sum", "bentoml_service_adaptive_batch_size_count"}
+
+
+def queried_series() -> set[tuple[str, tuple]]:
+    """(sample name, label matchers) of every series selector in the alert rules and the dashboard; matchers
+    on Grafana variables ($job) are left out."""
+    def panels(items):
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels", []))
+
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in panels(dashboard["panels"]) for t in p.get("targets", [])]
+    exprs += [r["expr"] for g in yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"] for r in g["rules"]]
+    return {(name, tuple(m for m in MATCHER.findall(matchers or "") if "$" not in m[2]))
+            for expr in exprs for name, matchers in SELECTOR.findall(expr)}
+
+
+def selected(samples: dict, name: str, matchers=(), **labels) -> list[float]:
+    """Values of the samples `name{matchers}` selects (PromQL's =, !=, =~, !~; a missing label is "")."""
+    def matches(labels: dict, label: str, op: str, value: str) -> bool:
+        found = labels.get(label, "")
+        return {"=": found == value, "!=": found != value, "=~": bool(re.fullmatch(value, found)),
+                "!~": not re.fullmatch(value, found)}[op]
+
+    matchers = [*matchers, *((label, "=", value) for label, value in labels.items())]
+    return [v for (n, ls), v in samples.items() if n == name and all(matches(dict(ls), *m) for m in matchers)]
+
+
+def test_every_series_the_alerts_and_dashboard_select_exists_from_start_up(bentoml_home, trained, regressor_server):
+    """A fresh service, before any request, exports every series the monitoring files select, and for every
+    endpoint, outcome and refusal reason; the first requests land in those same series."""
+    from sklearn_service import open_inference
+    from sklearn_service.metrics import ENDPOINTS, OUTCOMES, REJECT_REASONS
+
+    servers = [Server(bentoml_home), Server(bentoml_home, env={"MODEL_TAG": "diabetes_model:latest"})]
+    try:
+        before = [scrape(server.wait_ready().url) for server in servers]  # classifier, regressor
+        classifier = servers[0]
+        for path, payload in (("/predict", {"features": [1.0] * 30}), ("/predict_batch", {"instances": [[1.0] * 30]})):
+            assert requests.post(classifier.url + path, json=payload, timeout=10).ok
+        after = scrape(classifier.url)
+    finally:
+        for server in servers:
+            server.stop()
+
+    queried = queried_series()
+    assert {name for name, _ in queried} >= {"ml_predictions_total", "ml_prediction_latency_seconds_bucket",
+                                              "bentoml_service_request_total"}
+    missing = [(name, matchers) for name, matchers in sorted(queried) if name not in FIRST_REQUEST
+               and not any(selected(samples, name, matchers) for samples in before)]
+    assert missing == [], f"not exported before the first request: {missing}"
+    for samples in before:
+        for endpoint in ENDPOINTS:
+            assert selected(samples, "ml_prediction_latency_seconds_count", endpoint=endpoint) == [0]
+            for outcome in OUTCOMES:
+                assert selected(samples, "ml_predictions_total", endpoint=endpoint, outcome=outcome) == [0]
+            for reason in REJECT_REASONS:
+                assert selected(samples, "ml_rejected_requests_total", endpoint=endpoint, reason=reason) == [0]
+    # ENDPOINTS covers every API route (BentoML's own counter names them) and the V2 endpoint
+    routes = {dict(ls)["endpoint"] for (name, ls), _ in before[0].items() if name == "bentoml_service_request_total"
+              and ("http_response_code", "500") in ls and ("runner_name", "SklearnService") in ls}
+    assert routes and routes | {open_inference.ENDPOINT} <= set(ENDPOINTS)
+
+    for name, matchers in queried:
+        if name in FIRST_REQUEST:
+            assert selected(after, name, matchers), name
+    assert selected(after, "ml_predictions_total", endpoint="/predict", outcome="success") == [1]
+    assert selected(after, "bentoml_service_request_duration_seconds_count", endpoint="/predict",
+                    runner_name="SklearnService", http_response_code="200") == [1]  # the one series made at 0
