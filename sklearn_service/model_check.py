@@ -8,21 +8,19 @@ score_samples for outlier detectors), that predict gives one value per row, and 
 feature whether the model raises on a missing value or an unseen category (those
 become a 400 before batching, not a raise inside a batch shared with others).
 
-`bentoml serve`'s main process runs `python -m sklearn_service.model_check TAG`,
-keeps the answer in a file and names it in an environment variable that its
-workers inherit, so they read it instead of checking again. A model that fails
+`bentoml serve`'s main process runs `python -m sklearn_service.model_check TAG`
+and leaves the answer in an environment variable that its workers inherit, so
+they read it instead of checking again. A model that fails
 the check stops the server with one line naming the model and the reason, instead of
 a runner restarting forever.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,8 @@ import numpy as np
 
 from sklearn_service.signature import UNSEEN_CODE, Signature
 
-FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # path of the check's answer, for the server's workers
+FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
+ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environment variable
 ROOT = Path(__file__).resolve().parent.parent  # the service's folder: the runner imports from here too
 CHECK_SECONDS = 600
 TASKS = {"classifier": "classification", "regressor": "regression", "outlier_detector": "outlier_detection",
@@ -195,7 +194,7 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
     stored = stored_model(model_ref)
     tag = str(stored.tag)
     cached = _read(os.environ.get(FACTS_ENV))
-    if cached is not None and cached.get("tag") == tag:
+    if cached.get("tag") == tag:
         return stored, ModelFacts.from_json(cached)
     done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", tag], cwd=ROOT,
                           capture_output=True, text=True, timeout=CHECK_SECONDS)
@@ -205,31 +204,18 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
     for line in done.stderr.splitlines():
         if line.startswith("warning: "):
             print(line, file=sys.stderr)
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    text = done.stdout.strip().splitlines()[-1]
+    if len(text) <= ENV_LIMIT:  # larger (a huge signature): each worker checks for itself
+        os.environ[FACTS_ENV] = text  # inherited by the workers BentoML starts from this process
+    return stored, ModelFacts.from_json(json.loads(text))
+
+
+def _read(text: str | None) -> dict:
     try:
-        fd, path = tempfile.mkstemp(prefix="sklearn-service-model-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(answer, f)
-    except OSError:  # nowhere to write: each worker checks for itself
-        return stored, ModelFacts.from_json(answer)
-    atexit.register(_remove, path)
-    os.environ[FACTS_ENV] = path  # inherited by the workers BentoML starts from this process
-    return stored, ModelFacts.from_json(answer)
-
-
-def _read(path: str | None) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (TypeError, OSError, ValueError):
-        return None
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        found = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 if __name__ == "__main__":

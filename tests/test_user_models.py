@@ -26,6 +26,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 import train as train_cli
+from sklearn_service import model_check
 from sklearn_service.model_check import ModelError, inspect
 from sklearn_service.serving_model import ServingModel, failing_rows
 from sklearn_service.signature import Signature
@@ -301,6 +302,21 @@ def test_the_check_finds_which_features_refuse_missing_values():
     per_feature = make_pipeline(ColumnTransformer([("a", SimpleImputer(), ["a"]), ("b", "passthrough", ["b"])]),
                                 LinearSVC()).fit(X, y)
     assert [f.nullable for f in facts_of(per_feature).signature.features] == [True, False]
+
+
+def test_the_check_runs_once_and_the_workers_read_its_answer(bentoml_home, monkeypatch):
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    stored = bentoml.sklearn.save_model("checked_once", IsolationForest(n_estimators=5).fit(X))
+    model = bentoml.models.BentoModel(str(stored.tag))
+    monkeypatch.setenv(model_check.FACTS_ENV, "")  # restored after the test
+    first = model_check.facts(model)[1]
+    assert first.signature.task == "outlier_detection" and first.outputs == ("score_samples",)
+
+    def no_second_check(*args, **kwargs):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(model_check.subprocess, "run", no_second_check)
+    assert model_check.facts(model)[1] == first  # as a worker started by the server reads it
 
 
 def test_multi_output_models_are_refused_by_the_check():
