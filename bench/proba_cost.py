@@ -4,7 +4,7 @@ predict_proba alone, per call of 1 and 64 rows: python bench/proba_cost.py"""
 from __future__ import annotations
 
 import sys
-import time
+import timeit
 import warnings
 from pathlib import Path
 
@@ -17,12 +17,7 @@ from sklearn_service.training import load_default_dataset, train  # noqa: E402
 
 
 def median_ms(call, X, calls: int = 500) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call(X)
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return 1000 * float(np.median(timeit.repeat(lambda: call(X), number=1, repeat=calls)))
 
 
 def main() -> None:
