@@ -32,6 +32,7 @@ FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server'
 ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environment variable
 ROOT = Path(__file__).resolve().parent.parent  # the service's folder: the runner imports from here too
 CHECK_SECONDS = 600
+REFUSED = 3  # the check's exit status for a model it refuses, with one line saying why
 TASKS = {"classifier": "classification", "regressor": "regression", "outlier_detector": "outlier_detection",
          "clusterer": "clustering"}
 
@@ -165,12 +166,12 @@ def main(argv: list[str]) -> int:
             hint = (f"; the model uses code from module {exc.name!r}: make it importable here "
                     "(PYTHONPATH, or packed into the bento)")
         print(f"model {stored.tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
-        return 3
+        return REFUSED
     try:
         facts = inspect(model, stored.info.metadata, str(stored.tag))
     except ModelError as exc:
         print(exc, file=sys.stderr)
-        return 3
+        return REFUSED
     print(json.dumps({"tag": str(stored.tag), **facts.to_json()}))
     return 0
 
@@ -190,17 +191,21 @@ def stored_model(model_ref):
 
 
 def facts(model_ref) -> tuple[object, ModelFacts]:
-    """The stored model and its facts: from the file the server's main process left, else checked now."""
+    """The stored model and its facts: as the server's main process left them in the environment, else checked now."""
     stored = stored_model(model_ref)
     tag = str(stored.tag)
     cached = _read(os.environ.get(FACTS_ENV))
     if cached.get("tag") == tag:
         return stored, ModelFacts.from_json(cached)
-    done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", tag], cwd=ROOT,
-                          capture_output=True, text=True, timeout=CHECK_SECONDS)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", tag], cwd=ROOT,
+                              capture_output=True, text=True, timeout=CHECK_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise ModelError(f"model {tag}: loading and checking it took over {CHECK_SECONDS} s") from None
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"the check exited with {done.returncode}"]
-        raise ModelError(lines[-1])
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise ModelError(lines[-1] if done.returncode == REFUSED else
+                         f"model {tag}: the start-up check failed: {lines[-1]}")
     for line in done.stderr.splitlines():
         if line.startswith("warning: "):
             print(line, file=sys.stderr)
