@@ -10,9 +10,9 @@ become a 400 before batching, not a raise inside a batch shared with others).
 
 `bentoml serve`'s main process runs `python -m sklearn_service.model_check TAG`
 and leaves the answer in an environment variable that its workers inherit, so
-they read it instead of checking again. A model that fails
-the check stops the server with one line naming the model and the reason, instead of
-a runner restarting forever.
+they read it instead of checking again. A model that fails the check stops the
+server with one line naming the model and the reason, instead of a runner
+restarting forever.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environmen
 ROOT = Path(__file__).resolve().parent.parent  # the service's folder: the runner imports from here too
 CHECK_SECONDS = 600
 REFUSED = 3  # the check's exit status for a model it refuses, with one line saying why
-TASKS = {"classifier": "classification", "regressor": "regression", "outlier_detector": "outlier_detection",
-         "clusterer": "clustering"}
 
 
 def output_columns(outputs: tuple[str, ...], n_classes: int) -> dict[str, slice]:
