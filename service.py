@@ -19,21 +19,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import bentoml_fixes, config, open_inference
+from sklearn_service import bentoml_fixes, config, model_check, open_inference
 from sklearn_service.coalescer import Coalescer
 from sklearn_service.errors import RequestError, error_response, runner_failure
 from sklearn_service.metrics import ServiceMetrics
 from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, label_value, row_type
-from sklearn_service.signature import describe_stored
 from sklearn_service.validation import RowEncoder
 
 bentoml_fixes.apply()
 logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
-SIGNATURE, MODEL_KIND = describe_stored(MODEL.stored)  # validation, OpenAPI schema, metrics, payload log
+try:  # the model loads, what it is and answers (see model_check): checked before anything starts
+    STORED, FACTS = model_check.facts(MODEL)
+except model_check.ModelError as exc:
+    raise SystemExit(f"error: {exc}") from None
+SIGNATURE, MODEL_KIND = FACTS.signature, FACTS.model_kind  # validation, OpenAPI schema, metrics, payload log
 Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
 APP = config.app()
@@ -48,18 +51,20 @@ class ModelRunner:
         from sklearn_service.serving_model import ServingModel
 
         self.model = ServingModel(bentoml.sklearn.load_model(self.model_ref), SIGNATURE,
-                                  compiled=APP["compiled_trees"])
+                                  compiled=APP["compiled_trees"], outputs=FACTS.outputs)
         gc.freeze()  # see SklearnService.__init__
 
-    # async: the compiled path answers in microseconds, less than a hop to a worker thread.
-    # Rows arrive encoded (see signature.py); classifiers answer class indices.
+    # async: the compiled path answers in microseconds, less than a hop to a worker thread (a batch
+    # the model raises on is searched for its bad rows in one). Rows arrive encoded (see
+    # signature.py); classifiers answer class indices.
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
     async def predict(self, rows: np.ndarray) -> np.ndarray:
-        return self.model.predict(rows)
+        return await self.model.serve_async("predict", rows)
 
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
-    async def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(rows)
+    async def predict_all(self, rows: np.ndarray) -> np.ndarray:
+        """predict in column 0, then the model's other outputs (model_check.output_columns)."""
+        return await self.model.serve_async("predict_all", rows)
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -73,15 +78,17 @@ class SklearnService:
     runner = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
-        info = MODEL.stored.info
+        info = STORED.info
         meta = info.metadata
         self.schema = RowEncoder(SIGNATURE, reject_unseen=APP["unknown_categories"] == "reject")
         self.labels = None if SIGNATURE.classes is None else [label_value(c) for c in SIGNATURE.classes]
         self.label_keys = None if SIGNATURE.classes is None else [str(c) for c in SIGNATURE.classes]
+        self.outputs = ("predict", *FACTS.outputs)
+        self.columns = model_check.output_columns(FACTS.outputs, len(self.labels or ()))
         self.max_rows = int(APP["max_batch_rows"])
         self.runner_dead_seconds = float(APP["runner_dead_seconds"])
         self.metadata = {"tag": str(info.tag), "created": info.creation_time.isoformat(),
-                         "task": SIGNATURE.task, "model_kind": MODEL_KIND,
+                         "task": SIGNATURE.task, "model_kind": MODEL_KIND, "outputs": list(self.outputs),
                          "feature_names": SIGNATURE.names, "classes": SIGNATURE.classes,
                          "input_schema": SIGNATURE.json_schema(), "signature": SIGNATURE.to_metadata(),
                          **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
@@ -92,7 +99,7 @@ class SklearnService:
         limits = dict(max_rows=self.max_rows, max_waiting_rows=int(APP["max_queued_rows"]),
                       stall_after=float(APP["runner_stall_seconds"]))
         self._predict = Coalescer(self._runner_call("predict"), **limits)
-        self._predict_proba = Coalescer(self._runner_call("predict_proba"), **limits)
+        self._predict_all = Coalescer(self._runner_call("predict_all"), **limits)
         # Keep the ~170k start-up objects out of garbage collection: a full pass over
         # them would stall the event loop for ~85 ms.
         gc.freeze()
@@ -100,7 +107,7 @@ class SklearnService:
     def __is_alive__(self) -> bool:
         """/livez fails once the runner has been unreachable for app.runner_dead_seconds: inside
         a container BentoML does not restart a dead runner, so the orchestrator has to."""
-        stalls = [c.stalled_since for c in (self._predict, self._predict_proba) if c.stalled_since is not None]
+        stalls = [c.stalled_since for c in (self._predict, self._predict_all) if c.stalled_since is not None]
         return not stalls or time.monotonic() - min(stalls) < self.runner_dead_seconds
 
     def _runner_call(self, method: str):
@@ -127,13 +134,17 @@ class SklearnService:
         """Class probabilities keyed by class label (classifiers only)."""
         def shape() -> np.ndarray:
             if self.labels is None:
-                raise RequestError("not_a_classifier", "this model is a regressor: it has no class probabilities")
+                raise RequestError("not_a_classifier", f"this model's task is {SIGNATURE.task}, not "
+                                                       "classification: it has no class probabilities")
+            if "predict_proba" not in self.outputs:
+                raise RequestError("no_probabilities", f"this {MODEL_KIND} classifier has no predict_proba: "
+                                                       "use /predict for its labels")
             return self.schema.single(features)
 
-        return await self._serve("/predict_proba", 1, shape, self._predict_proba,
-                                 lambda out: Probabilities(prediction=self.labels[int(np.argmax(out[0]))],
-                                                           probabilities=dict(zip(self.label_keys,
-                                                                                  out[0].tolist()))))
+        # the prediction is the model's predict, which need not be the most probable class
+        return await self._serve("/predict_proba", 1, shape, self._predict_all,
+                                 lambda out: Probabilities(prediction=self._label(out[0, 0]), probabilities=dict(
+                                     zip(self.label_keys, out[0, self.columns["predict_proba"]].tolist()))))
 
     def _label(self, value: float):
         return value if self.labels is None else self.labels[int(value)]
@@ -157,7 +168,7 @@ class SklearnService:
             failed = np.flatnonzero(np.isnan(out.reshape(len(rows), -1)).any(axis=1)).tolist()
             return error(RequestError("model_refused_row", f"the model could not predict instance(s) "
                                                            f"{failed[:10]}; see the server log", 422))
-        predictions = out if out.ndim == 1 else np.argmax(out, axis=1)
+        predictions = out if out.ndim == 1 else out[:, 0]  # predict_all: predict is column 0
         self.metrics.success(endpoint, rows, predictions, time.perf_counter() - start)
         self.payload_log.write(endpoint, rows, predictions)
         return respond(out)

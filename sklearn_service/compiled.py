@@ -31,6 +31,17 @@ class CompiledPipeline:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict(self.prepare(X))
 
+    def predict_and_proba(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """predict and predict_proba from one pass where the model has one (compiled ensembles)."""
+        prepared = self.prepare(X)
+        both = getattr(self.model, "predict_and_proba", None)
+        if both is not None:
+            return both(prepared)
+        return self.model.predict(prepared), self.model.predict_proba(prepared)
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return self.model.score_samples(self.prepare(X))
+
 
 def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list | None:
     """None for a numeric column, its category values for a categorical one (see compiled_preprocessing)."""

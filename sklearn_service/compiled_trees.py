@@ -120,7 +120,11 @@ class CompiledForest:
         means = self._means(X)
         if self.classes_ is None:
             return means[:, 0]
-        return self.classes_.take(np.argmax(means, axis=1))
+        return self.classes_.take(np.argmax(means, axis=1))  # as scikit-learn's forests: from the probabilities
+
+    def predict_and_proba(self, X):
+        means = self._means(X)
+        return self.classes_.take(np.argmax(means, axis=1)), means
 
 
 class _Boosting:
@@ -155,10 +159,15 @@ class CompiledGradientBoosting(_Boosting):
 
     def predict(self, X):
         raw = self.decision_function(X)
-        if not hasattr(self.model, "classes_"):
-            return raw
+        return raw if not hasattr(self.model, "classes_") else self._labels(raw)
+
+    def _labels(self, raw):
         encoded = (raw >= 0).astype(int) if raw.ndim == 1 else np.argmax(raw, axis=1)
         return self.model.classes_[encoded]
+
+    def predict_and_proba(self, X):
+        raw = self.decision_function(X)
+        return self._labels(raw), self.model._loss.predict_proba(raw)
 
 
 class CompiledHistGradientBoosting(_Boosting):
@@ -184,8 +193,15 @@ class CompiledHistGradientBoosting(_Boosting):
         raw = self._raw_scores(X)
         if not hasattr(self.model, "classes_"):
             return self.model._loss.link.inverse(raw.ravel())
+        return self._labels(raw)
+
+    def _labels(self, raw):
         encoded = (raw.ravel() > 0).astype(int) if raw.shape[1] == 1 else np.argmax(raw, axis=1)
         return self.model.classes_[encoded]
+
+    def predict_and_proba(self, X):
+        raw = self._raw_scores(X)
+        return self._labels(raw), self.model._loss.predict_proba(raw)
 
 
 def _bits(bitsets: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/v2/infer")
 OUTCOMES = ("success", "rejected", "error")
 REJECT_REASONS = (
     "wrong_length", "unknown_feature", "missing_feature", "wrong_type", "missing_value", "unknown_category",
-    "non_finite", "out_of_range", "empty_batch", "too_many_rows", "not_a_classifier", "model_refused_row",
+    "non_finite", "out_of_range", "empty_batch", "too_many_rows", "not_a_classifier", "no_probabilities",
+    "model_refused_row",
     # the V2 protocol's own
     "invalid_json", "invalid_request", "bad_binary_data", "wrong_datatype", "wrong_shape", "wrong_data",
     "wrong_inputs", "unknown_output",

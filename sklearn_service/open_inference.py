@@ -130,7 +130,9 @@ def split_body(headers, body: bytes) -> tuple[dict, Binary]:
 
 
 def _parameters(spec: dict, where: str) -> dict:
-    parameters = spec.get("parameters", {})
+    parameters = spec.get("parameters")
+    if parameters is None:  # null is absent, as everywhere in a request
+        return {}
     if not isinstance(parameters, dict):
         raise RequestError("invalid_request", f"{where}parameters must be an object")
     return parameters
@@ -327,17 +329,20 @@ class Inference:
         return [list(row) for row in zip(*(columns.get(name, absent) for name in schema.names))]
 
     async def call(self, rows: np.ndarray) -> np.ndarray:
-        # with probabilities asked for, `predict` is their most likely class, as /predict_proba answers
-        coalescer = self.service._predict_proba if "predict_proba" in self.outputs else self.service._predict
-        return await coalescer(rows)
+        # other outputs come with predict from one runner call; predict is always the model's own
+        only_predict = set(self.outputs) <= {"predict"}
+        return await (self.service._predict if only_predict else self.service._predict_all)(rows)
 
     def respond(self, out: np.ndarray) -> Response:
         service = self.service
-        predicted = np.argmax(out, axis=1) if out.ndim == 2 else out
+        predicted = out[:, 0] if out.ndim == 2 else out
         labels = predicted.tolist() if service.labels is None else [service.labels[int(i)] for i in predicted]
         tensors = {"predict": ([len(labels)], labels)}
         if out.ndim == 2:
-            tensors["predict_proba"] = (list(out.shape), out.ravel().tolist())
+            for output in service.outputs[1:]:
+                values = out[:, service.columns[output]]
+                shape = [len(out)] if values.shape[1] == 1 else list(values.shape)
+                tensors[output] = (shape, values.ravel().tolist())
         datatypes = {o["name"]: o["datatype"] for o in model_outputs(service)}
         name, version = model_tag(service)
         answer: dict[str, t.Any] = {"model_name": name, "model_version": version, "outputs": []}
@@ -378,10 +383,11 @@ def model_inputs(service) -> list[dict]:
 
 
 def model_outputs(service) -> list[dict]:
-    if service.labels is None:
-        return [{"name": "predict", "datatype": "FP64", "shape": [-1]}]
-    return [{"name": "predict", "datatype": _datatype(service.labels), "shape": [-1]},
-            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(service.labels)]}]
+    """What the model answers: predict, then predict_proba (classifiers that have it) or
+    score_samples (outlier detectors)."""
+    shapes = {"predict": [-1], "predict_proba": [-1, len(service.labels or ())], "score_samples": [-1]}
+    return [{"name": name, "datatype": "FP64" if name != "predict" or service.labels is None
+             else _datatype(service.labels), "shape": shapes[name]} for name in service.outputs]
 
 
 def _known_model(request: Request):
@@ -416,9 +422,9 @@ async def model_ready(request: Request) -> Response:
     service = _known_model(request)
     if service is None:
         return _unknown_model(request)
-    if not await _runner_ready(service):
-        return protocol_error(RequestError("not_ready", "the model runner is not ready", 503))
-    return Response(status_code=200)
+    name, _ = model_tag(service)
+    ready = await _runner_ready(service)
+    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
 
 
 async def _runner_ready(service) -> bool:
@@ -449,17 +455,27 @@ app = Starlette(routes=[
 
 
 class HealthProbes:
-    """ASGI middleware: /v2/health/live and /v2/health/ready are the service's own /livez and
-    /readyz (runner alive, runner ready), and like them open without an API key, for probes."""
+    """ASGI middleware: /v2/health/live and /v2/health/ready answer as the service's own /livez and
+    /readyz (runner alive, runner ready) do, and like them open without an API key, for probes;
+    the body is the protocol's {"live": true} / {"ready": true} (KServe's client reads it; Triton's
+    reads the status)."""
 
-    ALIASES = {"/v2/health/live": "/livez", "/v2/health/ready": "/readyz"}
+    ALIASES = {"/v2/health/live": ("/livez", "live"), "/v2/health/ready": ("/readyz", "ready")}
     ROUTES = tuple(ALIASES)  # paths it serves, for the endpoint label of BentoML's metrics
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] in self.ALIASES:
-            path = self.ALIASES[scope["path"]]
-            scope = {**scope, "path": path, "raw_path": path.encode()}
-        return await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] not in self.ALIASES:
+            return await self.app(scope, receive, send)
+        path, key = self.ALIASES[scope["path"]]
+        status = 503
+
+        async def keep_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app({**scope, "path": path, "raw_path": path.encode()}, receive, keep_status)
+        await JSONResponse({key: status == 200}, status_code=status)(scope, receive, send)

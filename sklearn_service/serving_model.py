@@ -1,17 +1,26 @@
 """The model as the runner serves it: encoded rows in, class indices or values out.
 
 A compiled path answers small calls; scikit-learn the rest, on the input the model
-was fitted on (see Signature.to_model_input). A batch the model raises on is
-retried row by row, so one row it cannot take fails only its own request.
+was fitted on (see Signature.to_model_input). `predict` is always the model's own
+predict (never an argmax of probabilities: for some models, e.g. SVC(probability=True),
+they differ); `predict_all` answers predict and the model's other outputs together,
+from one call per method.
+
+A batch the model raises on is split in halves until each row it raises on is alone:
+log2(n) calls for one such row, instead of n, so the batch-mates of a bad row wait
+milliseconds. That search runs in a worker thread, so the runner keeps answering
+other batches meanwhile; a row that still raises comes back as NaN (its request's 422).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
 
 from sklearn_service.compiled import compile_pipeline
+from sklearn_service.model_check import output_columns
 from sklearn_service.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -39,11 +48,47 @@ def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndar
     return np.stack(columns, axis=1)
 
 
+def failing_rows(answer, rows: np.ndarray, out: np.ndarray) -> list[tuple[int, Exception]]:
+    """Sets out[rows] = answer(rows) (`rows` an index array), halving around the rows `answer`
+    raises on; returns those rows with their errors (their `out` rows are left as they were)."""
+    failed = []
+
+    def solve(part: np.ndarray) -> None:
+        try:
+            out[part] = answer(part)
+            return
+        except Exception as exc:
+            if len(part) == 1:
+                failed.append((int(part[0]), exc))
+                return
+        middle = len(part) // 2
+        solve(part[:middle])
+        solve(part[middle:])
+
+    if len(rows):
+        solve(rows)
+    return failed
+
+
+def _non_finite_groups(prepared) -> list[np.ndarray]:
+    """Rows of a dense float matrix holding NaN (and no infinity), and rows holding infinity."""
+    if not isinstance(prepared, np.ndarray) or prepared.dtype.kind != "f" or prepared.ndim != 2:
+        return []
+    infinite, missing = np.isinf(prepared).any(axis=1), np.isnan(prepared).any(axis=1)
+    return [group for group in (np.flatnonzero(missing & ~infinite), np.flatnonzero(infinite)) if len(group)]
+
+
 class ServingModel:
-    def __init__(self, pipeline, signature: Signature, compiled: bool = True):
+    def __init__(self, pipeline, signature: Signature, compiled: bool = True, outputs: tuple | None = None):
+        """`outputs`: the model's outputs beside predict that predict_all answers, in order (see
+        model_check); by default predict_proba for a model that has it."""
         self.pipeline = pipeline
         self.signature = signature
         self.classes = getattr(pipeline, "classes_", None)
+        if outputs is None:
+            outputs = ("predict_proba",) if hasattr(pipeline, "predict_proba") else ()
+        self.outputs = tuple(outputs)
+        self.columns = output_columns(self.outputs, len(self.classes) if self.classes is not None else 0)
         self.compiled = compile_pipeline(pipeline, signature.category_columns()) if compiled else None
         if self.compiled is not None and not self._agrees(probe_rows(signature)):
             logger.warning("compiled model disagrees with scikit-learn on probe rows; serving with scikit-learn")
@@ -51,33 +96,26 @@ class ServingModel:
         logger.info("model path: %s", "compiled up to %d rows" % COMPILED_MAX_ROWS if self.compiled else "scikit-learn")
 
     def _agrees(self, rows: np.ndarray) -> bool:
-        method = "predict_proba" if hasattr(self.pipeline, "predict_proba") else "predict"
         try:
-            expected = getattr(self.pipeline, method)(self.signature.to_model_input(rows))
-            return np.array_equal(getattr(self.compiled, method)(rows), expected)
+            expected = self._predict_all(rows, self.pipeline, self.signature.to_model_input(rows))
+            return np.array_equal(self._predict_all(rows, self.compiled, rows), expected, equal_nan=True)
         except Exception:  # e.g. NaN that this model refuses: no evidence of agreement
             return False
 
-    def _run(self, method: str, rows: np.ndarray) -> np.ndarray:
+    def _model(self, rows: np.ndarray):
+        """The model for a call of this many rows, and the input it takes."""
         if self.compiled is not None and len(rows) <= COMPILED_MAX_ROWS:
-            return getattr(self.compiled, method)(rows)
-        return getattr(self.pipeline, method)(self.signature.to_model_input(rows))
+            return self.compiled, rows
+        return self.pipeline, self.signature.to_model_input(rows)
 
-    def _row_by_row(self, method: str, rows: np.ndarray, failed) -> np.ndarray:
-        """The batch raised: each row alone; a row that still raises comes back as NaN."""
-        if len(rows) > 1:
-            logger.warning("model raised on a batch of %d rows; retrying row by row", len(rows))
-        answers = []
-        for row in rows:
-            try:
-                answers.append(self.convert(method, self._run(method, row[None]))[0])
-            except Exception as exc:
-                logger.warning("model raised on a row: %r", exc)
-                answers.append(failed)
-        return np.array(answers)
-
-    def convert(self, method: str, out: np.ndarray) -> np.ndarray:
-        """Class labels -> their index in classes_; everything as float64."""
+    def convert(self, method: str, out) -> np.ndarray:
+        """Class labels -> their index in classes_; everything as float64. A predict that answers
+        several values per row is refused, never reduced to one (see model_check)."""
+        out = np.asarray(out)
+        if out.ndim == 2 and method in ("predict", "score_samples"):
+            if out.shape[1] != 1:
+                raise ValueError(f"{method} answered {out.shape[1]} values per row; one is served")
+            out = out[:, 0]
         if method == "predict" and self.classes is not None:
             index = np.searchsorted(self.classes, out)
             index = np.clip(index, 0, len(self.classes) - 1)
@@ -87,14 +125,94 @@ class ServingModel:
             return index.astype(np.float64)
         return np.asarray(out, dtype=np.float64)
 
-    def _answer(self, method: str, rows: np.ndarray, failed) -> np.ndarray:
+    def _predict(self, rows: np.ndarray, model=None, X=None) -> np.ndarray:
+        if model is None:
+            model, X = self._model(rows)
+        return self.convert("predict", model.predict(X))
+
+    def _predict_all(self, rows: np.ndarray, model=None, X=None) -> np.ndarray:
+        """Columns: predict, then each of self.outputs (predict_proba: one per class)."""
+        if model is None:
+            model, X = self._model(rows)
+        both = getattr(model, "predict_and_proba", None)  # the compiled path: one pass for both
+        if both is not None and "predict_proba" in self.outputs:
+            predicted, proba = both(X)
+            answers = {"predict": predicted, "predict_proba": proba}
+        else:
+            answers = {"predict": model.predict(X)}
+        for output in self.outputs:
+            if output not in answers:
+                answers[output] = getattr(model, output)(X)
+        columns = [self.convert(name, answers[name]) for name in ("predict", *self.outputs)]
+        return np.column_stack(columns)
+
+    def _answer(self, method: str, rows: np.ndarray, model=None, X=None) -> np.ndarray:
+        if method == "predict":
+            return self._predict(rows, model, X)
+        answer = self._predict_all(rows, model, X)
+        return answer if method == "predict_all" else answer[:, self.columns[method]]
+
+    def _final_step_input(self, rows: np.ndarray):
+        """(final step, its input for every row) when the steps before it take the whole batch:
+        the search for failing rows then calls only the final step (usually where a batch raises,
+        on a NaN or infinity the steps before made), not the DataFrame and transformers each time."""
+        if not hasattr(self.pipeline, "steps") or len(self.pipeline.steps) < 2:
+            return None
         try:
-            return self.convert(method, self._run(method, rows))
+            return self.pipeline.steps[-1][1], self.pipeline[:-1].transform(self.signature.to_model_input(rows))
         except Exception:
-            return self._row_by_row(method, rows, failed)
+            return None
+
+    def _isolate(self, method: str, rows: np.ndarray) -> np.ndarray:
+        """The batch raised: the rows it can answer answered, the others NaN."""
+        if method == "predict":
+            out = np.full(len(rows), np.nan)
+        else:
+            columns = self.columns[method] if method != "predict_all" else slice(0, max(
+                c.stop for c in self.columns.values()))
+            out = np.full((len(rows), columns.stop - columns.start), np.nan)
+        staged = self._final_step_input(rows)
+        todo, failed = np.arange(len(rows)), []
+        if staged is None:
+            def answer(part):
+                return self._answer(method, rows[part])
+        else:
+            final, prepared = staged
+
+            def answer(part):
+                return self._answer(method, rows[part], final, prepared[part])
+
+            # A final step that refuses NaN (or infinity) refuses every row holding one: one call
+            # tells, where halving would take two calls a row when most of the batch holds them.
+            for group in _non_finite_groups(prepared):
+                try:
+                    answer(group[:1])
+                except Exception as exc:
+                    failed += [(int(i), exc) for i in group]
+                    todo = np.setdiff1d(todo, group)
+        failed += failing_rows(answer, todo, out)
+        if failed:
+            logger.warning("model raised on %d of %d rows; first: %r", len(failed), len(rows), failed[0][1])
+        return out
+
+    def serve(self, method: str, rows: np.ndarray) -> np.ndarray:
+        try:
+            return self._answer(method, rows)
+        except Exception:
+            return self._isolate(method, rows)
+
+    async def serve_async(self, method: str, rows: np.ndarray) -> np.ndarray:
+        """serve(), with the search for failing rows off the event loop."""
+        try:
+            return self._answer(method, rows)
+        except Exception:
+            return await asyncio.to_thread(self._isolate, method, rows)
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        return self._answer("predict", rows, np.nan)
+        return self.serve("predict", rows)
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
-        return self._answer("predict_proba", rows, np.full(len(self.classes), np.nan))
+        return self.serve("predict_proba", rows)
+
+    def predict_all(self, rows: np.ndarray) -> np.ndarray:
+        return self.serve("predict_all", rows)

@@ -227,9 +227,9 @@ def test_swagger_page_shows_typed_features_and_its_example_request_succeeds(peng
         browser.close()
 
 
-def test_a_row_the_model_raises_on_fails_alone(bentoml_home):
-    """A model saved without metadata may take missing values or not: its inferred signature
-    lets them through, and the model's refusal is that row's 422, never its batch-mates' error."""
+def test_a_model_saved_without_metadata_refuses_the_missing_values_it_raises_on(bentoml_home):
+    """Whether such a model takes missing values is found at start-up (model_check): a model that
+    raises on them gets a 400 naming the feature, before batching, never its batch-mates' error."""
     from concurrent.futures import ThreadPoolExecutor
 
     from sklearn.ensemble import GradientBoostingClassifier
@@ -240,13 +240,13 @@ def test_a_row_the_model_raises_on_fails_alone(bentoml_home):
     bentoml.sklearn.save_model("refuses_nan", model)
     with Server(bentoml_home, env={"MODEL_TAG": "refuses_nan:latest"}) as srv:
         refused = post(srv, "/predict_batch", {"instances": [X[0].tolist(), [1.0, None, 2.0]]})
-        assert refused.status_code == 422 and refused.json()["reason"] == "model_refused_row"
-        assert "instance(s) [1]" in refused.json()["error"]
+        assert refused.status_code == 400 and refused.json()["reason"] == "missing_value"
+        assert "instance 1: feature 'x1' may not be missing" in refused.json()["error"]
         payloads = [[1.0, None, 2.0] if i % 4 == 0 else X[i].tolist() for i in range(80)]
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda row: post(srv, "/predict", {"features": row}), payloads))
         for row, answer in zip(payloads, answers):
             if None in row:
-                assert answer.status_code == 422
+                assert answer.status_code == 400
             else:
                 assert answer.status_code == 200 and answer.json()["prediction"] == bool(model.predict([row])[0])

@@ -156,6 +156,29 @@ def test_specification_health_and_metadata_endpoints(server, model):
     assert v2(server, f"/v2/models/{model['name']}").json()["platform"] == "scikit-learn"
 
 
+def test_health_and_model_ready_answer_the_protocols_json(server, model):
+    """KServe's client reads these bodies (response.json().get("live")); Triton's reads the status."""
+    assert v2(server, "/v2/health/live").json() == {"live": True}
+    assert v2(server, "/v2/health/ready").json() == {"ready": True}
+    for path in (f"/v2/models/{model['name']}/ready", f"/v2/models/{model['name']}/versions/{model['version']}/ready"):
+        answer = v2(server, path)
+        assert answer.status_code == 200 and answer.json() == {"name": model["name"], "ready": True}
+    with client_for(server) as c:  # still fine for tritonclient
+        assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(model["name"])
+
+
+def test_null_is_absent_everywhere_in_a_request(server, model, cancer):
+    rows = cancer["X"][:2].tolist()
+    path = f"/v2/models/{model['name']}/infer"
+    body = {"id": None, "parameters": None, "outputs": None,
+            "inputs": [{"name": "input-0", "shape": [2, 30], "datatype": "FP64", "data": rows, "parameters": None}]}
+    answer = v2(server, path, body)
+    assert answer.status_code == 200, answer.text
+    assert "id" not in answer.json() and [o["name"] for o in answer.json()["outputs"]] == ["predict", "predict_proba"]
+    one = v2(server, path, {**body, "outputs": [{"name": "predict", "parameters": None}]})
+    assert one.status_code == 200 and one.json()["outputs"][0]["data"] == predict_batch(server, rows)
+
+
 def tensor(shape, data, datatype="FP64", name="input-0", **extra) -> dict:
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}], **extra}
 
