@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sklearn_service.model_checks import install_hint, missing_requirements, values_per_row
 from sklearn_service.signature import UNSEEN_CODE, Signature
 
 FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
@@ -126,8 +127,8 @@ def inspect(model, metadata: dict, name: str) -> ModelFacts:
               "not probing what it refuses", file=sys.stderr)
         predicted = None
     if predicted is not None:
-        if predicted.ndim == 2 and predicted.shape[1] > 1:
-            raise ModelError(f"model {name} answers {predicted.shape[1]} values per row (a multi-output {kind}); "
+        if (count := values_per_row(predicted)) > 1:
+            raise ModelError(f"model {name} answers {count} values per row (a multi-output {kind}); "
                              "this service serves one value per row: fit one model per target")
         if signature.task != "classification" and predicted.dtype.kind not in "biuf":
             raise ModelError(f"model {name} ({kind}) predicts {predicted.dtype} values but has no classes_")
@@ -156,13 +157,16 @@ def main(argv: list[str]) -> int:
 
     warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
     stored = bentoml.models.get(argv[0])
+    if missing := missing_requirements(stored.info.metadata.get("requires", {})):  # before loading fails on it
+        print(f"model {stored.tag} cannot be loaded: {missing}", file=sys.stderr)
+        return REFUSED
     try:
         model = bentoml.sklearn.load_model(stored)
     except Exception as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError):
-            hint = (f"; the model uses code from module {exc.name!r}: make it importable here "
-                    "(PYTHONPATH, or packed into the bento)")
+            hint = (f"; the model uses code from module {exc.name!r}: {install_hint(exc.name or '')} "
+                    "(a module of your own: make it importable here, PYTHONPATH or packed into the bento)")
         print(f"model {stored.tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return REFUSED
     try:

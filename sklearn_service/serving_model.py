@@ -20,6 +20,7 @@ import logging
 import numpy as np
 
 from sklearn_service.compiled import compile_pipeline
+from sklearn_service.log_limit import limited
 from sklearn_service.model_check import output_columns
 from sklearn_service.signature import Signature
 
@@ -192,7 +193,9 @@ class ServingModel:
                     todo = np.setdiff1d(todo, group)
         failed += failing_rows(answer, todo, out)
         if failed:
-            logger.warning("model raised on %d of %d rows; first: %r", len(failed), len(rows), failed[0][1])
+            # a client can repeat this at request rate: once per interval, with a count
+            limited(logger).warning(f"model_refused_row:{type(failed[0][1]).__name__}",
+                                    "model raised on %d of %d rows; first: %r", len(failed), len(rows), failed[0][1])
         return out
 
     def serve(self, method: str, rows: np.ndarray) -> np.ndarray:

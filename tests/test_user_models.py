@@ -348,3 +348,13 @@ def test_serving_model_predict_all_is_predict_then_probabilities():
     served = ServingModel(model, Signature.from_estimator(model), outputs=("predict_proba",)).predict_all(X)
     np.testing.assert_array_equal(model.classes_[served[:, 0].astype(int)], model.predict(X))
     np.testing.assert_array_equal(served[:, 1:], model.predict_proba(X))
+
+
+def test_a_model_needing_a_library_not_installed_is_refused_with_the_command(capsys):
+    from sklearn_service.model_check import REFUSED, main
+
+    stored = bentoml.sklearn.save_model("needs_a_library", LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]),
+                                        metadata={"requires": {"lib_not_here": "lib-not-here==1.0"}})
+    assert main([str(stored.tag)]) == REFUSED
+    err = capsys.readouterr().err
+    assert f"model {stored.tag} cannot be loaded: the model needs lib-not-here==1.0, which is not installed" in err

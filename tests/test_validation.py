@@ -113,3 +113,13 @@ def test_signature_round_trips_and_decodes_to_training_dtypes():
     assert decoded["island"][0] == "Dream" and decoded["island"][1] not in ("Biscoe", "Dream")
     assert pd.isna(decoded["island"][2]) and pd.isna(decoded["bill"][1])
     assert decoded["tagged"].dtype == bool and decoded["count"].dtype == np.int64
+
+
+def test_nan_is_a_missing_value_only_where_one_is_allowed():
+    # as README's errors table says: NaN for a feature that may be missing is a gap, like null (a
+    # numeric V2 tensor has no other way to send one); elsewhere it is non_finite, and ±inf always is
+    encoder = RowEncoder(MIXED)
+    assert np.isnan(encoder.single(["Dream", math.nan, True, None])[0, 1])
+    assert np.isnan(encoder.matrix([["Dream", math.nan, True, None]], 1)[0, 1])
+    assert reason_of(lambda: encoder.single(["Dream", math.inf, True, None]))[0] == "non_finite"
+    assert reason_of(lambda: SCHEMA.single([1, math.nan, 3]))[0] == "non_finite"
