@@ -1,7 +1,7 @@
 """Third-party clients against a real `bentoml serve`: XGBoost and LightGBM models in scikit-learn
 pipelines, imported as a user would, answer on every route (/predict, /predict_batch, /predict_proba,
-V2 through tritonclient) exactly what the model says in process; KServe's own V2 REST client
-(kserve.InferenceRESTClient, its data models for metadata) against the default model."""
+V2 through tritonclient and KServe's InferenceRESTClient) exactly what the model says in process;
+KServe's client (health, readiness, metadata through its own data models) against the default model."""
 
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def v2_infer(server, inputs) -> dict:
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
 
 
+def kserve_infer(url: str, name: str, columns: dict, binary: bool) -> dict:
+    """KServe's V2 REST client: an InferRequest of {name: (datatype, array)}, every output back."""
+    async def infer():
+        inputs = []
+        for tensor_name, (datatype, values) in columns.items():
+            tensor = kserve.InferInput(tensor_name, list(values.shape), datatype)
+            tensor.set_data_from_numpy(values, binary_data=binary)
+            inputs.append(tensor)
+        async with kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30)) as client:
+            response = await client.infer(url, kserve.InferRequest(name, inputs, request_id="7"), model_name=name)
+        assert response.model_name == name and response.id == "7"
+        return {output.name: output.as_numpy() for output in response.outputs}
+    return asyncio.run(infer())
+
+
 @pytest.fixture(scope="module")
 def library_servers(bentoml_home, tmp_path_factory):
     """Each model imported as a user would (.skops naming the types it needs; a trusted joblib), then
@@ -128,15 +143,17 @@ def test_xgboost_pipeline_answers_what_the_model_says(xgb_server):
     with triton_client(srv) as client:  # one input per feature, typed as the model's metadata says
         types = {i["name"]: i["datatype"] for i in client.get_model_metadata(srv.name)["inputs"]}
     assert list(types) == FEATURES
+    columns = {name: (datatype, full[name].to_numpy().astype(
+        object if datatype == "BYTES" else triton.triton_to_np_dtype(datatype))) for name, datatype in types.items()}
     inputs = []
-    for name, datatype in types.items():
-        column = full[name].to_numpy().astype(object if datatype == "BYTES" else triton.triton_to_np_dtype(datatype))
-        tensor = triton.InferInput(name, [len(full)], datatype)
-        tensor.set_data_from_numpy(column)
-        inputs.append(tensor)
-    answer = v2_infer(srv, inputs)
-    assert answer["predict"].tolist() == model.predict(full).astype(float).tolist()
-    np.testing.assert_array_equal(answer["predict_proba"], model.predict_proba(full).astype(np.float64))
+    for name, (datatype, column) in columns.items():
+        inputs.append(triton.InferInput(name, [len(full)], datatype).set_data_from_numpy(column))
+    expected = {"predict": model.predict(full).astype(float), "predict_proba": model.predict_proba(full)}
+    answers = [v2_infer(srv, inputs), *(kserve_infer(srv.url, srv.name, columns, binary) for binary in (True, False))]
+    for answer in answers:
+        assert answer.keys() == expected.keys()
+        for output, values in expected.items():
+            np.testing.assert_array_equal(answer[output], values.astype(np.float64), err_msg=output)
 
 
 def test_lightgbm_pipeline_answers_what_the_model_says(lgbm_server):
@@ -163,23 +180,13 @@ def test_kserve_rest_client(server, trained, cancer):
     expected = trained["pipeline"].predict(X).astype(float).tolist()
 
     async def ask():
-        config = kserve.RESTConfig(protocol="v2", timeout=30)
-        async with kserve.InferenceRESTClient(config) as client:
-            facts = (await client.is_server_live(server.url), await client.is_server_ready(server.url),
-                     await client.is_model_ready(server.url, name), await client.is_model_ready(server.url, "nope"))
-            answers = []
-            for binary in (True, False):  # KServe's binary tensor extension, then plain JSON
-                tensor = kserve.InferInput("input-0", list(X.shape), "FP64")
-                tensor.set_data_from_numpy(X, binary_data=binary)
-                answers.append(await client.infer(server.url, kserve.InferRequest(name, [tensor], request_id="7"),
-                                                  model_name=name))
-            return facts, answers
+        async with kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2", timeout=30)) as client:
+            return (await client.is_server_live(server.url), await client.is_server_ready(server.url),
+                    await client.is_model_ready(server.url, name), await client.is_model_ready(server.url, "nope"))
 
-    facts, answers = asyncio.run(ask())
-    assert facts == (True, True, True, False)
-    for response in answers:
-        assert response.model_name == name and response.id == "7"
-        outputs = {o.name: o.as_numpy() for o in response.outputs}
+    assert asyncio.run(ask()) == (True, True, True, False)
+    for binary in (True, False):  # KServe's binary tensor extension, then plain JSON
+        outputs = kserve_infer(server.url, name, {"input-0": ("FP64", X)}, binary)
         assert outputs["predict"].tolist() == expected
         np.testing.assert_array_equal(outputs["predict_proba"], trained["pipeline"].predict_proba(X))
     assert post(server, "/predict_batch", {"instances": X.tolist()}).json()["predictions"] == expected
