@@ -23,8 +23,10 @@ $(VENV)/.installed: requirements.txt | $(BIN)/activate
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+# kserve's declared pins (pandas<3, psutil<6) clash with the service's: its client goes in without them
+$(VENV)/.installed-dev: requirements-dev.txt requirements-kserve.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-kserve.txt
 	touch $@
 
 # --no-compile: byte-compiling its ~1 GB takes as long as installing it; what the report imports compiles on use

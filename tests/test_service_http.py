@@ -97,7 +97,12 @@ def test_python_client(server, trained, cancer):
     with bentoml.SyncHTTPClient(server.url) as client:
         answer = client.predict(features=cancer["X"][0].tolist())
         named = client.predict(features=dict(zip(cancer["names"], cancer["X"][0].tolist())))
-        batch = client.predict_batch(instances=cancer["X"][:3].tolist())
+        batch = client.predict_batch(instances=cancer["X"][:20].tolist())
+        proba = [client.predict_proba(features=row) for row in cancer["X"][:5].tolist()]
+    pipeline = trained["pipeline"]
     assert named == answer
-    assert answer["prediction"] == float(trained["pipeline"].predict(cancer["X"][:1])[0])
-    assert batch["predictions"] == trained["pipeline"].predict(cancer["X"][:3]).astype(float).tolist()
+    assert answer["prediction"] == float(pipeline.predict(cancer["X"][:1])[0])
+    assert batch["predictions"] == pipeline.predict(cancer["X"][:20]).astype(float).tolist()
+    labels, probabilities = pipeline.predict(cancer["X"][:5]), pipeline.predict_proba(cancer["X"][:5]).tolist()
+    assert proba == [{"prediction": float(label), "probabilities": dict(zip(map(str, pipeline.classes_), ps))}
+                     for label, ps in zip(labels, probabilities)]
