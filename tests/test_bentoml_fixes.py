@@ -1,6 +1,6 @@
-"""sklearn_service/bentoml_fixes.py: each fix is version-guarded, and each bug shows on the unpatched code.
+"""sklearn_service/patches/: each fix is version-guarded, and each bug shows on the unpatched code.
 
-The `*_on_unpatched_*` tests run BentoML's (or uvicorn's) own code, kept in bentoml_fixes.ORIGINAL or
+The `*_on_unpatched_*` tests run BentoML's (or uvicorn's) own code, kept in patches.ORIGINAL or
 served with the fix listed in app.skip_fixes. After an upgrade, one that fails means upstream fixed
 that bug: drop the fix. One that passes while its fix is skipped means the fix is still needed.
 """
@@ -19,8 +19,10 @@ import pytest
 import requests
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
-from sklearn_service import bentoml_fixes
-from sklearn_service.bentoml_fixes import ORIGINAL, Fix
+from sklearn_service import patches
+from sklearn_service.patches import ORIGINAL, Fix
+from sklearn_service.patches import bentoml as bentoml_patches
+from sklearn_service.patches import kantoku as kantoku_patches
 from sklearn_service.middleware import RequestGuard
 from tests.load import run_load
 from tests.prometheus_text import scrape
@@ -29,19 +31,19 @@ from tests.serving import Server, write_config
 
 @pytest.fixture(scope="module", autouse=True)
 def applied():
-    return bentoml_fixes.apply()
+    return patches.apply()
 
 
 def test_every_fix_applies_to_the_pinned_versions(applied):
-    assert applied == {fix.name: "applied" for fix in bentoml_fixes.FIXES}
+    assert applied == {fix.name: "applied" for fix in patches.FIXES}
 
 
 def test_a_fix_written_for_other_versions_is_skipped_with_a_warning(monkeypatch, caplog):
     installed = []
-    monkeypatch.setattr(bentoml_fixes, "FIXES", [Fix("from_the_future", "bentoml", ">=9", lambda: installed.append(1))])
-    monkeypatch.setattr(bentoml_fixes, "_status", {})
-    with caplog.at_level(logging.WARNING, logger=bentoml_fixes.__name__):
-        status = bentoml_fixes.apply()
+    monkeypatch.setattr(patches, "FIXES", [Fix("from_the_future", "bentoml", ">=9", lambda: installed.append(1))])
+    monkeypatch.setattr(patches, "_status", {})
+    with caplog.at_level(logging.WARNING, logger=patches.__name__):
+        status = patches.apply()
     assert installed == [] and status["from_the_future"].startswith("skipped: written for bentoml >=9")
     assert f"installed {version('bentoml')}" in caplog.text and "from_the_future" in caplog.text
 
@@ -140,7 +142,7 @@ def log_errors(monkeypatch, filters: list, fail, count: int = 1) -> list[logging
     from bentoml._internal.server.http_app import log_exception
     from starlette.requests import Request
 
-    http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
+    http_app = logging.getLogger(bentoml_patches.HTTP_APP_LOGGER)
     monkeypatch.setattr(http_app, "filters", filters)
     records = []
     handler = logging.Handler()
@@ -172,7 +174,7 @@ def test_client_errors_logged_as_errors_with_traceback_on_unpatched_bentoml(monk
 
 
 def test_client_errors_logged_as_one_line_warnings(monkeypatch):
-    record = log_a_client_error(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()])
+    record = log_a_client_error(monkeypatch, [bentoml_patches.ClientErrorsAsWarnings()])
     assert record.levelno == logging.WARNING and not record.exc_info and "client error" in record.getMessage()
 
 
@@ -184,7 +186,7 @@ def log_server_errors(monkeypatch, filters: list, count: int) -> list[logging.Lo
 
 
 def test_every_server_error_logs_a_traceback_on_unpatched_bentoml(monkeypatch):
-    records = log_server_errors(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()], 200)
+    records = log_server_errors(monkeypatch, [bentoml_patches.ClientErrorsAsWarnings()], 200)
     assert len(records) == 200 and all(r.exc_info for r in records)
 
 
@@ -193,7 +195,7 @@ def test_repeated_server_errors_log_one_traceback_per_interval(monkeypatch):
 
     clock = [0.0]
     limit = RateLimitFilter(interval=10, clock=lambda: clock[0])
-    filters = [bentoml_fixes.ClientErrorsAsWarnings(), limit]
+    filters = [bentoml_patches.ClientErrorsAsWarnings(), limit]
     first = log_server_errors(monkeypatch, filters, 200)
     clock[0] = 11
     later = log_server_errors(monkeypatch, filters, 1)
@@ -232,7 +234,7 @@ def test_runner_stops_while_the_api_service_drains_on_unpatched_bentoml():
 
 
 def test_runner_stops_after_the_api_service():
-    assert stop_order(bentoml_fixes._stop_entry_service_first) == [
+    assert stop_order(kantoku_patches._stop_entry_service_first) == [
         ("stopping", "service"), ("stopped", "service"),
         ("stopping", "service_ModelRunner"), ("stopped", "service_ModelRunner")]
 
@@ -291,8 +293,8 @@ class FakeTracingConfig:
 
 
 def test_span_middleware_stays_with_a_tracing_exporter(monkeypatch, tiny_factory):
-    monkeypatch.setattr(bentoml_fixes, "BentoMLContainer", FakeTracingConfig("otlp"))
-    stack = names(bentoml_fixes._tracing_only_with_an_exporter(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)))
+    monkeypatch.setattr(bentoml_patches, "BentoMLContainer", FakeTracingConfig("otlp"))
+    stack = names(bentoml_patches._tracing_only_with_an_exporter(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)))
     assert "OpenTelemetryMiddleware" in stack and "RequestId" not in stack
 
 
@@ -382,7 +384,7 @@ def test_signature_built_on_every_lookup_on_unpatched_bentoml(monkeypatch):
 
 
 def test_signature_built_once_per_function(monkeypatch):
-    cached = bentoml_fixes._CachedSignatures()
+    cached = bentoml_patches._CachedSignatures()
     cached.signature.cache_clear()
     look_up_five_times(monkeypatch, cached)
     info = cached.signature.cache_info()
@@ -536,8 +538,23 @@ def test_route_labels_of_an_app_with_mounts():
     app = Starlette(routes=[Route("/predict", nothing), Mount("/", inner),
                             Mount("/static", StaticFiles(directory=".", check_dir=False))],
                     middleware=[Middleware(Aliases)])
-    route = bentoml_fixes.RouteLabels(app)
+    route = bentoml_patches.RouteLabels(app)
     assert [route(path) for path in ("/predict", "/v2/models/m/infer", "/v2/models/a/b/infer", "/v2", "/v2/",
                                      "/static/x/y.css", "/v2/health/live", "/predict/", "/" + "x" * 20000)] == \
         ["/predict", "/v2/models/{name}/infer", "other", "/v2", "other", "/static/{path}", "/v2/health/live",
          "other", "other"]
+
+
+# --- every fix is guarded on each package whose internals it touches ---------------------------
+
+@pytest.mark.parametrize("name, package", [
+    ("timeout_timer_cancelled", "bentoml"), ("entry_service_stops_first", "kantoku"),
+    ("entry_service_stops_first", "bentoml"), ("socket_folder_removed_last", "kantoku"),
+    ("model_fields_from_the_class", "pydantic"), ("metrics_by_route", "starlette"),
+    ("header_timeout", "uvicorn"), ("drain_without_resets", "kantoku"),
+    ("metric_files_allocated", "prometheus_client"),
+])
+def test_a_fix_is_skipped_when_a_package_it_touches_changes(monkeypatch, name, package):
+    monkeypatch.setattr(patches, "installed_version", lambda p: "999.0" if p == package else version(p))
+    (fix,) = [f for f in patches.FIXES if f.name == name]
+    assert patches.status(fix, frozenset()).startswith(f"skipped: written for {package} ")
