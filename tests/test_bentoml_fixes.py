@@ -13,8 +13,10 @@ import socket
 import time
 from collections import Counter
 from importlib.metadata import version
+from typing import Annotated
 
 import bentoml
+import numpy as np
 import pytest
 import requests
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
@@ -298,6 +300,38 @@ def test_span_middleware_stays_with_a_tracing_exporter(monkeypatch, tiny_factory
     assert "OpenTelemetryMiddleware" in stack and "RequestId" not in stack
 
 
+def request_ids_under_span_middleware(tiny_factory, excluded_urls: str | None) -> list:
+    """The request ids BentoML's app sees under its span middleware, with `tracing.excluded_urls` set
+    as given (parsed as BentoML parses it)."""
+    from bentoml._internal.context import trace_context
+    from opentelemetry.util.http import ExcludeList, parse_excluded_urls
+
+    (span,) = [m for m in ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory) if m.cls.__name__ == "OpenTelemetryMiddleware"]
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(trace_context.request_id)
+
+    excluded = parse_excluded_urls(excluded_urls) if excluded_urls else ExcludeList([])
+    middleware = span.cls(app, *span.args, **{**span.kwargs, "excluded_urls": excluded})
+    scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1")], "scheme": "http", "server": ("127.0.0.1", 3000), "http_version": "1.1"}
+
+    async def requests_in_turn():
+        for _ in range(3):
+            await asyncio.create_task(middleware(dict(scope), None, None))
+
+    asyncio.run(requests_in_turn())
+    return seen
+
+
+def test_public_tracing_setting_drops_the_span_and_the_request_id(tiny_factory):
+    """Why tracing_only_with_an_exporter is a patch: `tracing.excluded_urls: ".*"` skips the span too,
+    but BentoML takes the request id from the span, so no request would get one."""
+    assert len(set(request_ids_under_span_middleware(tiny_factory, None)) - {None}) == 3
+    assert request_ids_under_span_middleware(tiny_factory, ".*") == [None] * 3
+
+
 def test_every_response_carries_its_own_request_id(server, cancer):
     ids = {requests.post(server.url + "/predict", json={"features": cancer["X"][0].tolist()}, timeout=5)
            .headers["X-BentoML-Request-ID"] for _ in range(5)}
@@ -306,8 +340,8 @@ def test_every_response_carries_its_own_request_id(server, cancer):
 
 # --- mime_type_cached --------------------------------------------------------------------------
 
-def schema_builds(tiny_factory, monkeypatch, mime_type) -> int:
-    spec = tiny_factory.service.apis["echo"].output_spec
+def schema_builds(service, monkeypatch, mime_type, api: str = "echo") -> int:
+    spec = service.apis[api].output_spec
     calls = []
     original = spec.model_json_schema.__func__
     monkeypatch.setattr(spec, "model_json_schema", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
@@ -317,11 +351,22 @@ def schema_builds(tiny_factory, monkeypatch, mime_type) -> int:
 
 
 def test_json_schema_built_for_every_response_on_unpatched_bentoml(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
+    assert schema_builds(tiny_factory.service, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
 
 
 def test_json_schema_built_once_per_type(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory, monkeypatch, lambda spec: spec.mime_type()) <= 1
+    assert schema_builds(tiny_factory.service, monkeypatch, lambda spec: spec.mime_type()) <= 1
+
+
+def test_a_content_type_on_the_return_type_builds_no_schema(monkeypatch):
+    """The public route to what mime_type_cached does, one API at a time (see its docstring)."""
+    @bentoml.service
+    class Typed:
+        @bentoml.api
+        def rows(self, rows: np.ndarray) -> Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]:
+            return rows
+
+    assert schema_builds(Typed, monkeypatch, ORIGINAL["IOMixin.mime_type"], "rows") == 0
 
 
 # --- model_fields_from_the_class -----------------------------------------------------------------
