@@ -306,7 +306,8 @@ def request_ids_under_span_middleware(tiny_factory, excluded_urls: str | None) -
     from bentoml._internal.context import trace_context
     from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
-    (span,) = [m for m in ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory) if m.cls.__name__ == "OpenTelemetryMiddleware"]
+    stack = ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)
+    (span,) = [m for m in stack if m.cls.__name__ == "OpenTelemetryMiddleware"]
     seen = []
 
     async def app(scope, receive, send):
@@ -315,7 +316,8 @@ def request_ids_under_span_middleware(tiny_factory, excluded_urls: str | None) -
     excluded = parse_excluded_urls(excluded_urls) if excluded_urls else ExcludeList([])
     middleware = span.cls(app, *span.args, **{**span.kwargs, "excluded_urls": excluded})
     scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
-             "headers": [(b"host", b"127.0.0.1")], "scheme": "http", "server": ("127.0.0.1", 3000), "http_version": "1.1"}
+             "headers": [(b"host", b"127.0.0.1")], "scheme": "http", "server": ("127.0.0.1", 3000),
+             "http_version": "1.1"}
 
     async def requests_in_turn():
         for _ in range(3):
@@ -550,9 +552,9 @@ def test_label_values_are_the_routes_and_other(server, trained):
     send_distinct_paths(server.url, 300, "many")
     after = scrape(server.url)
 
-    routes = {"/predict", "/predict_batch", "/predict_proba", "/metadata", "/livez", "/healthz", "/readyz",
-              "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2", "/v2/health/live",
-              "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
+    routes = {"/predict", "/predict_batch", "/predict_proba", "/predict_all", "/metadata", "/livez", "/healthz",
+              "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2",
+              "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
               "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
               "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "other"}
     seen = endpoint_labels(server.url)

@@ -329,5 +329,6 @@ FIXES = [
     Fix("payload_log_errors_counted", "bentoml", BENTOML,
         lambda: setattr(DefaultMonitor, "_init_logger", _monitor_init_logger)),
     Fix("metrics_by_route", "bentoml", BENTOML,
-        lambda: setattr(RunnerTrafficMetricsMiddleware, "__call__", _metrics_by_route), also=(("starlette", STARLETTE),)),
+        lambda: setattr(RunnerTrafficMetricsMiddleware, "__call__", _metrics_by_route),
+        also=(("starlette", STARLETTE),)),
 ]
