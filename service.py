@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import bentoml_fixes, config, model_check, open_inference
+from sklearn_service import config, model_check, open_inference, patches
 from sklearn_service.coalescer import Coalescer
 from sklearn_service.errors import RequestError, error_response, runner_failure
 from sklearn_service.metrics import ServiceMetrics
@@ -28,7 +28,7 @@ from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, label_value, row_type
 from sklearn_service.validation import RowEncoder
 
-bentoml_fixes.apply()
+patches.apply()
 logger = logging.getLogger("sklearn_service")
 
 MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))

@@ -1,7 +1,7 @@
 """The no-model service with this project's fixes for BentoML applied: the fairer ceiling."""
 
-from sklearn_service import bentoml_fixes
+from sklearn_service import patches
 
-bentoml_fixes.apply()
+patches.apply()
 
 from bench.no_model_service import NoModelService  # noqa: E402,F401

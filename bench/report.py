@@ -146,7 +146,7 @@ def markdown(results: dict) -> str:
              f"({meta['wall_s']} s in all): wrk, 1 thread, {meta['duration']} s per point over 127.0.0.1; "
              "one row per request, the same RandomForest(100) model file everywhere but the mixed-type row "
              "(a ColumnTransformer pipeline trained on a generated penguins-like table).",
-             "", "\"fixed\": the no-model service with `sklearn_service/bentoml_fixes.py` applied, "
+             "", "\"fixed\": the no-model service with `sklearn_service/patches/` applied, "
              "the ceiling this service is held to. \"this service\" runs the shipped `configuration.yaml`; "
              "the drift row switches drift monitoring the other way, the 2+2 row sets `workers: 2` for both "
              "services.", "", *load_table(results), ""]

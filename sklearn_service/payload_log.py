@@ -38,7 +38,7 @@ def dropped_rows():
 
 
 def row_not_written(handler: logging.StreamHandler, record: logging.LogRecord) -> None:
-    """handleError of BentoML's payload log handlers (see bentoml_fixes): the original printed
+    """handleError of BentoML's payload log handlers (see sklearn_service.patches): the original printed
     '--- Logging error ---' and a traceback to stderr for every row, and counted nothing."""
     if record.name == DATA_LOGGER:
         dropped_rows().inc()

@@ -1,6 +1,6 @@
-"""sklearn_service/bentoml_fixes.py: each fix is version-guarded, and each bug shows on the unpatched code.
+"""sklearn_service/patches/: each fix is version-guarded, and each bug shows on the unpatched code.
 
-The `*_on_unpatched_*` tests run BentoML's (or uvicorn's) own code, kept in bentoml_fixes.ORIGINAL or
+The `*_on_unpatched_*` tests run BentoML's (or uvicorn's) own code, kept in patches.ORIGINAL or
 served with the fix listed in app.skip_fixes. After an upgrade, one that fails means upstream fixed
 that bug: drop the fix. One that passes while its fix is skipped means the fix is still needed.
 """
@@ -13,14 +13,18 @@ import socket
 import time
 from collections import Counter
 from importlib.metadata import version
+from typing import Annotated
 
 import bentoml
+import numpy as np
 import pytest
 import requests
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
-from sklearn_service import bentoml_fixes
-from sklearn_service.bentoml_fixes import ORIGINAL, Fix
+from sklearn_service import patches
+from sklearn_service.patches import ORIGINAL, Fix
+from sklearn_service.patches import bentoml as bentoml_patches
+from sklearn_service.patches import kantoku as kantoku_patches
 from sklearn_service.middleware import RequestGuard
 from tests.load import run_load
 from tests.prometheus_text import scrape
@@ -29,19 +33,19 @@ from tests.serving import Server, write_config
 
 @pytest.fixture(scope="module", autouse=True)
 def applied():
-    return bentoml_fixes.apply()
+    return patches.apply()
 
 
 def test_every_fix_applies_to_the_pinned_versions(applied):
-    assert applied == {fix.name: "applied" for fix in bentoml_fixes.FIXES}
+    assert applied == {fix.name: "applied" for fix in patches.FIXES}
 
 
 def test_a_fix_written_for_other_versions_is_skipped_with_a_warning(monkeypatch, caplog):
     installed = []
-    monkeypatch.setattr(bentoml_fixes, "FIXES", [Fix("from_the_future", "bentoml", ">=9", lambda: installed.append(1))])
-    monkeypatch.setattr(bentoml_fixes, "_status", {})
-    with caplog.at_level(logging.WARNING, logger=bentoml_fixes.__name__):
-        status = bentoml_fixes.apply()
+    monkeypatch.setattr(patches, "FIXES", [Fix("from_the_future", "bentoml", ">=9", lambda: installed.append(1))])
+    monkeypatch.setattr(patches, "_status", {})
+    with caplog.at_level(logging.WARNING, logger=patches.__name__):
+        status = patches.apply()
     assert installed == [] and status["from_the_future"].startswith("skipped: written for bentoml >=9")
     assert f"installed {version('bentoml')}" in caplog.text and "from_the_future" in caplog.text
 
@@ -140,7 +144,7 @@ def log_errors(monkeypatch, filters: list, fail, count: int = 1) -> list[logging
     from bentoml._internal.server.http_app import log_exception
     from starlette.requests import Request
 
-    http_app = logging.getLogger(bentoml_fixes.HTTP_APP_LOGGER)
+    http_app = logging.getLogger(bentoml_patches.HTTP_APP_LOGGER)
     monkeypatch.setattr(http_app, "filters", filters)
     records = []
     handler = logging.Handler()
@@ -172,7 +176,7 @@ def test_client_errors_logged_as_errors_with_traceback_on_unpatched_bentoml(monk
 
 
 def test_client_errors_logged_as_one_line_warnings(monkeypatch):
-    record = log_a_client_error(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()])
+    record = log_a_client_error(monkeypatch, [bentoml_patches.ClientErrorsAsWarnings()])
     assert record.levelno == logging.WARNING and not record.exc_info and "client error" in record.getMessage()
 
 
@@ -184,7 +188,7 @@ def log_server_errors(monkeypatch, filters: list, count: int) -> list[logging.Lo
 
 
 def test_every_server_error_logs_a_traceback_on_unpatched_bentoml(monkeypatch):
-    records = log_server_errors(monkeypatch, [bentoml_fixes.ClientErrorsAsWarnings()], 200)
+    records = log_server_errors(monkeypatch, [bentoml_patches.ClientErrorsAsWarnings()], 200)
     assert len(records) == 200 and all(r.exc_info for r in records)
 
 
@@ -193,7 +197,7 @@ def test_repeated_server_errors_log_one_traceback_per_interval(monkeypatch):
 
     clock = [0.0]
     limit = RateLimitFilter(interval=10, clock=lambda: clock[0])
-    filters = [bentoml_fixes.ClientErrorsAsWarnings(), limit]
+    filters = [bentoml_patches.ClientErrorsAsWarnings(), limit]
     first = log_server_errors(monkeypatch, filters, 200)
     clock[0] = 11
     later = log_server_errors(monkeypatch, filters, 1)
@@ -232,7 +236,7 @@ def test_runner_stops_while_the_api_service_drains_on_unpatched_bentoml():
 
 
 def test_runner_stops_after_the_api_service():
-    assert stop_order(bentoml_fixes._stop_entry_service_first) == [
+    assert stop_order(kantoku_patches._stop_entry_service_first) == [
         ("stopping", "service"), ("stopped", "service"),
         ("stopping", "service_ModelRunner"), ("stopped", "service_ModelRunner")]
 
@@ -291,9 +295,43 @@ class FakeTracingConfig:
 
 
 def test_span_middleware_stays_with_a_tracing_exporter(monkeypatch, tiny_factory):
-    monkeypatch.setattr(bentoml_fixes, "BentoMLContainer", FakeTracingConfig("otlp"))
-    stack = names(bentoml_fixes._tracing_only_with_an_exporter(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)))
+    monkeypatch.setattr(bentoml_patches, "BentoMLContainer", FakeTracingConfig("otlp"))
+    stack = names(bentoml_patches._tracing_only_with_an_exporter(ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)))
     assert "OpenTelemetryMiddleware" in stack and "RequestId" not in stack
+
+
+def request_ids_under_span_middleware(tiny_factory, excluded_urls: str | None) -> list:
+    """The request ids BentoML's app sees under its span middleware, with `tracing.excluded_urls` set
+    as given (parsed as BentoML parses it)."""
+    from bentoml._internal.context import trace_context
+    from opentelemetry.util.http import ExcludeList, parse_excluded_urls
+
+    stack = ORIGINAL["ServiceAppFactory.middlewares"](tiny_factory)
+    (span,) = [m for m in stack if m.cls.__name__ == "OpenTelemetryMiddleware"]
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(trace_context.request_id)
+
+    excluded = parse_excluded_urls(excluded_urls) if excluded_urls else ExcludeList([])
+    middleware = span.cls(app, *span.args, **{**span.kwargs, "excluded_urls": excluded})
+    scope = {"type": "http", "method": "POST", "path": "/echo", "raw_path": b"/echo", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1")], "scheme": "http", "server": ("127.0.0.1", 3000),
+             "http_version": "1.1"}
+
+    async def requests_in_turn():
+        for _ in range(3):
+            await asyncio.create_task(middleware(dict(scope), None, None))
+
+    asyncio.run(requests_in_turn())
+    return seen
+
+
+def test_public_tracing_setting_drops_the_span_and_the_request_id(tiny_factory):
+    """Why tracing_only_with_an_exporter is a patch: `tracing.excluded_urls: ".*"` skips the span too,
+    but BentoML takes the request id from the span, so no request would get one."""
+    assert len(set(request_ids_under_span_middleware(tiny_factory, None)) - {None}) == 3
+    assert request_ids_under_span_middleware(tiny_factory, ".*") == [None] * 3
 
 
 def test_every_response_carries_its_own_request_id(server, cancer):
@@ -304,8 +342,8 @@ def test_every_response_carries_its_own_request_id(server, cancer):
 
 # --- mime_type_cached --------------------------------------------------------------------------
 
-def schema_builds(tiny_factory, monkeypatch, mime_type) -> int:
-    spec = tiny_factory.service.apis["echo"].output_spec
+def schema_builds(service, monkeypatch, mime_type, api: str = "echo") -> int:
+    spec = service.apis[api].output_spec
     calls = []
     original = spec.model_json_schema.__func__
     monkeypatch.setattr(spec, "model_json_schema", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
@@ -315,11 +353,22 @@ def schema_builds(tiny_factory, monkeypatch, mime_type) -> int:
 
 
 def test_json_schema_built_for_every_response_on_unpatched_bentoml(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
+    assert schema_builds(tiny_factory.service, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
 
 
 def test_json_schema_built_once_per_type(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory, monkeypatch, lambda spec: spec.mime_type()) <= 1
+    assert schema_builds(tiny_factory.service, monkeypatch, lambda spec: spec.mime_type()) <= 1
+
+
+def test_a_content_type_on_the_return_type_builds_no_schema(monkeypatch):
+    """The public route to what mime_type_cached does, one API at a time (see its docstring)."""
+    @bentoml.service
+    class Typed:
+        @bentoml.api
+        def rows(self, rows: np.ndarray) -> Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]:
+            return rows
+
+    assert schema_builds(Typed, monkeypatch, ORIGINAL["IOMixin.mime_type"], "rows") == 0
 
 
 # --- model_fields_from_the_class -----------------------------------------------------------------
@@ -382,7 +431,7 @@ def test_signature_built_on_every_lookup_on_unpatched_bentoml(monkeypatch):
 
 
 def test_signature_built_once_per_function(monkeypatch):
-    cached = bentoml_fixes._CachedSignatures()
+    cached = bentoml_patches._CachedSignatures()
     cached.signature.cache_clear()
     look_up_five_times(monkeypatch, cached)
     info = cached.signature.cache_info()
@@ -503,9 +552,9 @@ def test_label_values_are_the_routes_and_other(server, trained):
     send_distinct_paths(server.url, 300, "many")
     after = scrape(server.url)
 
-    routes = {"/predict", "/predict_batch", "/predict_proba", "/metadata", "/livez", "/healthz", "/readyz",
-              "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2", "/v2/health/live",
-              "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
+    routes = {"/predict", "/predict_batch", "/predict_proba", "/predict_all", "/metadata", "/livez", "/healthz",
+              "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2",
+              "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
               "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
               "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "other"}
     seen = endpoint_labels(server.url)
@@ -536,8 +585,23 @@ def test_route_labels_of_an_app_with_mounts():
     app = Starlette(routes=[Route("/predict", nothing), Mount("/", inner),
                             Mount("/static", StaticFiles(directory=".", check_dir=False))],
                     middleware=[Middleware(Aliases)])
-    route = bentoml_fixes.RouteLabels(app)
+    route = bentoml_patches.RouteLabels(app)
     assert [route(path) for path in ("/predict", "/v2/models/m/infer", "/v2/models/a/b/infer", "/v2", "/v2/",
                                      "/static/x/y.css", "/v2/health/live", "/predict/", "/" + "x" * 20000)] == \
         ["/predict", "/v2/models/{name}/infer", "other", "/v2", "other", "/static/{path}", "/v2/health/live",
          "other", "other"]
+
+
+# --- every fix is guarded on each package whose internals it touches ---------------------------
+
+@pytest.mark.parametrize("name, package", [
+    ("timeout_timer_cancelled", "bentoml"), ("entry_service_stops_first", "kantoku"),
+    ("entry_service_stops_first", "bentoml"), ("socket_folder_removed_last", "kantoku"),
+    ("model_fields_from_the_class", "pydantic"), ("metrics_by_route", "starlette"),
+    ("header_timeout", "uvicorn"), ("drain_without_resets", "kantoku"),
+    ("metric_files_allocated", "prometheus_client"),
+])
+def test_a_fix_is_skipped_when_a_package_it_touches_changes(monkeypatch, name, package):
+    monkeypatch.setattr(patches, "installed_version", lambda p: "999.0" if p == package else version(p))
+    (fix,) = [f for f in patches.FIXES if f.name == name]
+    assert patches.status(fix, frozenset()).startswith(f"skipped: written for {package} ")

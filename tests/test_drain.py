@@ -24,7 +24,8 @@ import psutil
 import pytest
 from bentoml._internal.utils.uri import uri_to_path
 
-from sklearn_service import bentoml_fixes
+from sklearn_service import patches
+from sklearn_service.patches import bentoml as bentoml_patches
 from tests.serving import Server, write_config
 
 CLIENTS = 32  # of each style: keep-alive, and a connection per request, at the same time
@@ -198,9 +199,9 @@ def test_sigterm_resets_requests_on_unpatched_uvicorn_and_bentoml(tmp_path, bent
 
 
 def test_a_fix_is_skipped_when_any_package_it_relies_on_differs():
-    fix = bentoml_fixes.Fix("both_sides", "uvicorn", ">=0", lambda: None, also=(("kantoku", ">=99"),))
-    assert bentoml_fixes.status(fix, frozenset()).startswith("skipped: written for kantoku >=99, installed ")
-    (drain,) = [f for f in bentoml_fixes.FIXES if f.name == "drain_without_resets"]
+    fix = patches.Fix("both_sides", "uvicorn", ">=0", lambda: None, also=(("kantoku", ">=99"),))
+    assert patches.status(fix, frozenset()).startswith("skipped: written for kantoku >=99, installed ")
+    (drain,) = [f for f in patches.FIXES if f.name == "drain_without_resets"]
     assert {package for package, _ in drain.also} == {"kantoku", "bentoml"}  # the arbiter's side
 
 
@@ -213,13 +214,13 @@ async def fails_before_answering(scope, receive, send):
 def test_an_app_that_ends_without_answering_does_not_hold_the_request():
     """It used to wait forever (the timer that would have ended it was cancelled with the app),
     holding a draining worker; now the error reaches the server's error handler at once."""
-    middleware = bentoml_fixes.TimeoutMiddleware(fails_before_answering, timeout=30)
+    middleware = bentoml_patches.TimeoutMiddleware(fails_before_answering, timeout=30)
 
     async def call():
         async def send(message):
             pass
 
-        await asyncio.wait_for(bentoml_fixes._timeout_call(middleware, {"type": "http"}, None, send), 2)
+        await asyncio.wait_for(bentoml_patches._timeout_call(middleware, {"type": "http"}, None, send), 2)
 
     with pytest.raises(RuntimeError, match="no answer"):
         asyncio.run(call())

@@ -53,11 +53,11 @@ def write_series(folder: Path, which: str, fill_first: bool) -> subprocess.Compl
     script = textwrap.dedent(f"""
         import os, sys
         from prometheus_client import mmap_dict
-        from sklearn_service import bentoml_fixes
+        from sklearn_service.patches import ORIGINAL, prometheus_client as fix
         from tests.test_full_filesystems import fill
         from pathlib import Path
 
-        cls = bentoml_fixes.ORIGINAL["MmapedDict"] if {which!r} == "original" else bentoml_fixes.AllocatedMetricFile
+        cls = ORIGINAL["MmapedDict"] if {which!r} == "original" else fix.AllocatedMetricFile
         folder = Path({str(folder)!r})
         if {fill_first!r}:
             fill(folder)
@@ -67,7 +67,7 @@ def write_series(folder: Path, which: str, fill_first: bool) -> subprocess.Compl
         for i in range(4000):
             metric_file.write_value(f"series-{{i}}-" + "x" * 200, float(i), 0.0)
         assert metric_file.read_value("series-3999-" + "x" * 200) == (3999.0, 0.0)
-        print("served on", bentoml_fixes.AllocatedMetricFile.dropped)
+        print("served on", fix.AllocatedMetricFile.dropped)
     """)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
 
@@ -206,17 +206,17 @@ def payload_rows_on_a_full_disk(folder: Path, init_logger, monkeypatch) -> tuple
 
 
 def test_full_disk_prints_a_traceback_per_payload_row_on_unpatched_bentoml(small_tmpfs, monkeypatch, capfd):
-    from sklearn_service.bentoml_fixes import ORIGINAL
+    from sklearn_service.patches import ORIGINAL
 
     written, dropped = payload_rows_on_a_full_disk(small_tmpfs, ORIGINAL["DefaultMonitor._init_logger"], monkeypatch)
     assert capfd.readouterr().err.count("--- Logging error ---") >= 10 and dropped == 0
 
 
 def test_full_disk_drops_payload_rows_counted_logged_once_and_recovers(small_tmpfs, monkeypatch, capfd, caplog):
-    from sklearn_service import bentoml_fixes
+    from sklearn_service.patches import bentoml as bentoml_patches
 
     with caplog.at_level(logging.WARNING, logger="sklearn_service.payload_log"):
-        written, dropped = payload_rows_on_a_full_disk(small_tmpfs, bentoml_fixes._monitor_init_logger, monkeypatch)
+        written, dropped = payload_rows_on_a_full_disk(small_tmpfs, bentoml_patches._monitor_init_logger, monkeypatch)
     assert "--- Logging error ---" not in capfd.readouterr().err
     # rows written (the last page of the file still had room for some) plus rows counted: every row
     assert written + dropped == 56 and dropped >= 10
