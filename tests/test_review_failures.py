@@ -52,3 +52,40 @@ def test_review_implicit_names_are_not_trusted_as_functions(tmp_path):
     path.write_bytes(out.getvalue())
     with pytest.raises(DataError):  # main: loads, FunctionTransformer.func is the class Bunch
         model_import.load_model_file(path)
+
+
+def test_review_request_guard_sees_the_content_type_bentoml_reads():
+    # BentoML (Starlette's request.headers.get) reads the FIRST Content-Type; RequestGuard's
+    # dict(scope["headers"]) reads the LAST. Live: `multipart/form-data` then `application/json`
+    # on POST /predict answers 500 (KeyError b'boundary' in BentoML's multipart parser).
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from sklearn_service.middleware import RequestGuard
+
+    async def seen(request: Request) -> JSONResponse:
+        return JSONResponse({"content_type": request.headers.get("content-type")})
+
+    app = Starlette(routes=[Route("/predict", seen, methods=["POST"])])
+    app.add_middleware(RequestGuard, max_bytes=100)
+    answer = TestClient(app).post("/predict", content=b"{}", headers=[("content-type", "multipart/form-data"),
+                                                                       ("content-type", "application/json")])
+    assert answer.status_code == 415, answer.json()
+
+
+def test_review_v2_id_that_utf8_cannot_encode_is_a_400_not_a_500():
+    # Live: {"id": "\ud800", "inputs": [<a valid [1, 30] FP64 tensor>]} -> 500 (UnicodeEncodeError in
+    # JSONResponse after the prediction was made and counted as a success).
+    from sklearn_service.errors import RequestError
+    from sklearn_service.open_inference import Inference
+
+    class Service:
+        schema, labels, outputs = None, None, ("predict",)
+
+    inference = Inference(Service(), {}, b'{"id": "\\ud800", "inputs": []}')
+    with pytest.raises(RequestError):
+        inference.rows()  # main: passes the id, then fails on `inputs` (400) -- only the id check is wanted
+    assert inference.id is None or inference.id.encode("utf-8")
