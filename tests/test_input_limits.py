@@ -108,3 +108,34 @@ def test_the_reference_data_is_capped_too(tmp_path, capsys):
     frame.assign(a=frame["a"]).rename(columns={"b": "a"}).to_csv(reference, index=False)
     assert "repeated: ['a']" in refused(["--import-model", str(path), "--reference-data", str(reference),
                                          "--name", "ref"], capsys)
+
+
+def test_a_header_with_a_lone_carriage_return_is_one_line_not_a_traceback(tmp_path):
+    from sklearn_service.training import DataError, read_csv
+
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"a,b\rc,y\n" + b"".join(b"%d,%d,%d\n" % (i, i, i % 2) for i in range(40)))
+    with pytest.raises(DataError, match="not valid CSV"):
+        read_csv(path)
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".csv.gz", lambda b: __import__("gzip").compress(b)),
+    (".csv.bz2", lambda b: __import__("bz2").compress(b)),
+    (".csv.xz", lambda b: __import__("lzma").compress(b)),
+])
+def test_a_compressed_csv_is_read_and_its_header_checked(suffix, compress, tmp_path):
+    from sklearn_service.training import DataError, read_csv
+
+    rows = b"".join(b"%d,%d,%d\n" % (i, i % 3, i % 2) for i in range(20))
+    good = tmp_path / ("good" + suffix)
+    good.write_bytes(compress(b"a,b,y\n" + rows))
+    assert list(read_csv(good).columns) == ["a", "b", "y"]
+    repeated = tmp_path / ("repeated" + suffix)
+    repeated.write_bytes(compress(b"a,a,y\n" + rows))
+    with pytest.raises(DataError, match="repeated"):  # the header check sees the decompressed names
+        read_csv(repeated)
+    damaged = tmp_path / ("damaged" + suffix)
+    damaged.write_bytes(b"not compressed at all")
+    with pytest.raises(DataError):
+        read_csv(damaged)
