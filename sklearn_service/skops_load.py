@@ -91,8 +91,9 @@ def untrusted(data: bytes, trust_types) -> tuple[list[str], list[str]]:
     import skops.io
 
     listed = skops.io.get_untrusted_types(data=data)
-    refused = sorted(n for n in listed if n not in IMPLICIT_TYPES and n not in trust_types)
-    code = _code_names(data) if refused else set()
+    code = _code_names(data)
+    # an implicit name is trusted as data only: as a function or type node it would be called
+    refused = sorted(n for n in listed if n not in trust_types and (n not in IMPLICIT_TYPES or n in code))
     return [n for n in refused if n in code], [n for n in refused if n not in code]
 
 

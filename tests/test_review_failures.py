@@ -2,49 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 
 import numpy as np
 import pytest
 
 from sklearn_service.training import DataError, read_csv
-
-
-def test_review_implicit_names_are_not_trusted_as_functions(tmp_path):
-    import skops.io
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
-    from sklearn_service import model_import
-
-    X = np.random.RandomState(0).rand(40, 3)
-    pipe = make_pipeline(FunctionTransformer(np.negative), LogisticRegression()).fit(X, X[:, 0] > .5)
-    data = skops.io.dumps(pipe)
-    source = zipfile.ZipFile(io.BytesIO(data))
-    schema = json.loads(source.read("schema.json"))
-
-    def retarget(node):
-        if isinstance(node, dict):
-            if node.get("__loader__") == "FunctionNode":
-                node.update({"__module__": "sklearn.utils._bunch", "__class__": "Bunch"})
-            for value in node.values():
-                retarget(value)
-        elif isinstance(node, list):
-            for value in node:
-                retarget(value)
-
-    retarget(schema)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w") as w:
-        for item in source.namelist():
-            w.writestr(item, json.dumps(schema) if item == "schema.json" else source.read(item))
-    path = tmp_path / "callable.skops"
-    path.write_bytes(out.getvalue())
-    with pytest.raises(DataError):  # main: loads, FunctionTransformer.func is the class Bunch
-        model_import.load_model_file(path)
 
 
 def test_review_request_guard_sees_the_content_type_bentoml_reads():

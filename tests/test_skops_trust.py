@@ -251,3 +251,20 @@ def test_trusting_partial_never_trusts_the_function_it_wraps(tmp_path, capsys):
     rewrite_schema(path, swap)
     err = refused(["--import-model", str(path), "--name", "partial", "--trust-types", ",".join(needed)], capsys)
     assert "['sklearn.utils._testing.check_output']" in err
+
+
+@pytest.mark.parametrize("name", ["sklearn.utils._bunch.Bunch", "numpy.dtype", "sklearn.tree._tree.Tree",
+                                  "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"])
+def test_an_implicitly_trusted_name_stored_as_a_function_is_refused(name, tmp_path, capsys):
+    """The implicit names are trusted as data; as a FunctionTransformer's func they would be called."""
+    X = np.random.RandomState(0).rand(40, 3)
+    path = tmp_path / "callable.skops"
+    skops.io.dump(make_pipeline(FunctionTransformer(np.negative), LogisticRegression()).fit(X, X[:, 0] > .5), path)
+    module, _, cls = name.rpartition(".")
+
+    def retarget(schema):
+        for node in nodes(schema, "FunctionNode"):
+            node.update({"__module__": module, "__class__": cls})
+    rewrite_schema(path, retarget)
+    err = refused(["--import-model", str(path), "--name", "callable"], capsys)
+    assert f"code (functions or callables it would run): ['{name[:50]}" in err, err
