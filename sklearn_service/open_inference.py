@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import typing as t
 from dataclasses import dataclass
 
@@ -126,7 +127,35 @@ def split_body(headers, body: bytes) -> tuple[dict, Binary]:
         raise RequestError("invalid_json", f"the request is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise RequestError("invalid_request", "the request must be a JSON object with `inputs`")
+    # JSON's \\uXXXX escapes can spell a lone surrogate, which UTF-8 cannot encode: the id (echoed
+    # back), a name or a BYTES value would fail only after predicting. Only such a body is walked.
+    try:
+        where = _unencodable(document) if LONE_SURROGATE.search(body) else None
+    except RecursionError:
+        raise RequestError("invalid_request", "the request is nested too deeply") from None
+    if where is not None:
+        raise RequestError("invalid_request", f"{where} holds a lone surrogate escape (such as \\ud800) "
+                                              "that is not text UTF-8 can encode")
     return document, Binary(binary)
+
+
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # any surrogate escape; a paired one passes the walk
+
+
+def _unencodable(node, where: str = "the request") -> str | None:
+    """Where in the parsed document a string (or key) is not encodable as UTF-8, or None."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f"{where}[{_excerpt(repr(key))}]" if isinstance(key, str) else f"{where}[{key}]"
+        for text in (key, value):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "a key of " + where if text is key else here
+        if (found := _unencodable(value, here)) is not None:
+            return found
+    return None
 
 
 def _parameters(spec: dict, where: str) -> dict:

@@ -209,6 +209,8 @@ ROW = [1.0] * 30
      "unknown output 'classes'; this model has: predict, predict_proba"),
     (tensor([1, 30], ROW, outputs="predict"), "outputs must be a list"),
     (tensor([1, 30], ROW, id=7), "id must be a string"),
+    (tensor([1, 30], ROW, id="\ud800"), "the request['id'] holds a lone surrogate"),
+    (tensor([1, 30], ["\udfff"] * 30, datatype="BYTES"), "['data'][0] holds a lone surrogate"),
     (tensor([1, 30], ROW, parameters=[]), "parameters must be an object"),
     ({"inputs": []}, "inputs must be a non-empty list"),
     ({"inputs": [{"shape": [1, 30]}]}, "with a string `name`"),
@@ -473,3 +475,20 @@ def test_mixed_model_raw_columns_with_missing_values_and_errors(penguins):
     assert missing.status_code == 400 and "missing input(s) for feature(s) ['tagged']" in missing.json()["error"]
     uneven = {"inputs": [columns["inputs"][0], {**columns["inputs"][2], "shape": [1], "data": [True]}]}
     assert "different numbers of rows" in v2(penguins, path, uneven).json()["error"]
+
+
+@pytest.mark.parametrize("body, where", [
+    (b'{"id": "\\ud800", "inputs": []}', "the request['id']"),
+    (b'{"inputs": [{"name": "a\\udBFF", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}', "the request['inputs'][0]['name']"),
+    (b'{"inputs": [], "parameters": {"\\uDC00": 1}}', "a key of the request['parameters']"),
+])
+def test_text_utf8_cannot_encode_is_refused_before_predicting(body, where):
+    """A lone surrogate (legal in JSON escapes) would fail only when the answer is encoded, after the
+    prediction was made and counted."""
+    inference = open_inference.Inference(SimpleNamespace(schema=None, labels=None, outputs=("predict",)), {}, body)
+    with pytest.raises(RequestError, match="lone surrogate") as refused:
+        inference.rows()
+    assert refused.value.status == 400 and str(refused.value).startswith(where)
+    assert inference.id is None
+    # a paired surrogate escape is one character, and passes
+    assert open_inference.split_body({}, b'{"id": "\\ud83d\\ude00"}')[0]["id"] == "\U0001f600"
