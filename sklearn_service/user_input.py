@@ -33,7 +33,11 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
     """A user's value for a one-line message: escaped (no newline or control character can start a
     line of its own) and cut to `limit` characters."""
     if isinstance(value, (int, float, np.number)):  # a class label 0 reads as 0, not '0'
-        return str(value)
+        try:
+            text = str(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            return f"an integer of {value.bit_length():,} bits"
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} digits)"
     text = str(value)
     cut = text[:limit]
     quoted = repr(cut)

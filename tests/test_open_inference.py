@@ -492,3 +492,43 @@ def test_text_utf8_cannot_encode_is_refused_before_predicting(body, where):
     assert inference.id is None
     # a paired surrogate escape is one character, and passes
     assert open_inference.split_body({}, b'{"id": "\\ud83d\\ude00"}')[0]["id"] == "\U0001f600"
+
+
+def _service():
+    from sklearn_service.signature import Feature, Signature
+    from sklearn_service.validation import RowEncoder
+
+    signature = Signature([Feature("island", "category", "object", False, ["Biscoe", "Dream"]),
+                           Feature("bill", "number", "float64", False)], takes_frame=True)
+    return SimpleNamespace(schema=RowEncoder(signature, reject_unseen=True), max_rows=10, labels=None,
+                           outputs=("predict",))
+
+
+HUGE = "x" * 1_000_000
+BIG_NUMBER = "9" * 4000
+
+
+@pytest.mark.parametrize("body", [
+    {"inputs": [{"name": HUGE, "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}]},          # unknown input
+    {"inputs": [{"name": "t", "datatype": HUGE, "shape": [1, 2], "data": [1, 2]}]},             # datatype
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]},        # one tensor
+    {"inputs": [{"name": HUGE + str(i), "datatype": "FP64", "shape": [1], "data": [1]} for i in range(9)]},
+    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": [HUGE]},
+                {"name": "bill", "datatype": "FP64", "shape": [1], "data": [1.0]}]},            # unknown category
+    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": ["Dream"]},
+                {"name": HUGE, "datatype": "FP64", "shape": [1], "data": [1.0]}]},              # unknown feature
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "outputs": [{"name": HUGE}]},
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "id": HUGE, "x": "\ud800"},
+    {"inputs": [{"name": "t", "datatype": "UINT8", "shape": [1, 2], "data": [1, BIG_NUMBER]}]},
+])
+def test_v2_error_messages_stay_short_whatever_the_client_sent(body):
+    text = json.dumps(body).replace(f'"{BIG_NUMBER}"', BIG_NUMBER).encode()  # a 4,000-digit JSON integer
+    inference = open_inference.Inference(_service(), {}, text)
+    with pytest.raises(RequestError) as info:
+        inference.rows()
+    assert len(str(info.value)) < 1000, str(info.value)[:300]
+
+
+def test_an_unknown_model_in_the_path_is_not_repeated_in_full():
+    answer = open_inference._unknown_model(SimpleNamespace(path_params={"name": HUGE, "version": HUGE}))
+    assert answer.status_code == 404 and len(answer.body) < 1000
