@@ -156,6 +156,8 @@ def load_csv_dataset(path: str | Path, target: str, categorical: list[str] = (),
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise DataError(f"{shown(path)} has no feature columns besides the target {shown(target)}")
+    if problem := name_problem(features.columns, "feature"):
+        raise DataError(f"{shown(path)}: {problem}")
     if frame[target].isna().any():
         raise DataError(f"target column {shown(target)} has {int(frame[target].isna().sum())} missing value(s)")
     if len(frame) < MIN_ROWS:
