@@ -26,13 +26,19 @@ from sklearn_service.metrics import ServiceMetrics
 from sklearn_service.middleware import ApiKeyAuth, RequestGuard
 from sklearn_service.payload_log import PayloadLog
 from sklearn_service.schemas import Prediction, Predictions, Probabilities, label_value, row_type
+from sklearn_service.user_input import shown
 from sklearn_service.validation import RowEncoder
 
 patches.apply()
 logger = logging.getLogger("sklearn_service")
 
-MODEL = bentoml.models.BentoModel(os.environ.get("MODEL_TAG", "sklearn_model:latest"))
-try:  # the model loads, what it is and answers (see model_check): checked before anything starts
+MODEL_TAG = os.environ.get("MODEL_TAG", "sklearn_model:latest")
+try:  # the tag, the model loads, what it is and answers (see model_check): checked before anything starts
+    try:
+        MODEL = bentoml.models.BentoModel(MODEL_TAG)
+    except (ValueError, bentoml.exceptions.BentoMLException):
+        raise model_check.ModelError(f"MODEL_TAG {shown(MODEL_TAG)} is not a model tag: name or name:version, "
+                                     "each letters, digits, '_', '-' or '.'") from None
     STORED, FACTS = model_check.facts(MODEL)
 except model_check.ModelError as exc:
     raise SystemExit(f"error: {exc}") from None

@@ -17,8 +17,27 @@ OPEN_PREFIXES = ("/static_content/",)
 REFUSED_TYPES = (b"application/vnd.bentoml+pickle", b"multipart/", b"application/x-www-form-urlencoded")
 
 
+class RepeatedHeader(Exception):
+    pass
+
+
+def single_header(scope, name: bytes) -> bytes | None:
+    """The one value of header `name` (lowercase), or None when absent. Sent twice it is refused:
+    Starlette and BentoML read the first, a dict of the headers the last, so a check on one value
+    while the endpoint reads another could be slipped past."""
+    values = [value for key, value in scope["headers"] if key == name]
+    if len(values) > 1:
+        raise RepeatedHeader(name.decode())
+    return values[0] if values else None
+
+
+def repeated_header(name: str) -> JSONResponse:
+    return JSONResponse({"error": f"send one {name} header, not several", "reason": "repeated_header"},
+                        status_code=400)
+
+
 class RequestGuard:
-    """Refuses, before anything parses them: bodies over `max_bytes` (413, declared or
+    """Refuses, before anything parses them: a repeated Content-Type or Content-Length (400), bodies over `max_bytes` (413, declared or
     streamed), pickled, multipart or form bodies (415), and bodies not fully received
     within `body_seconds` of the headers (408: a slow or stalled client, such as one that
     declared a Content-Length and never sent it)."""
@@ -31,12 +50,14 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").strip().lower().startswith(REFUSED_TYPES):
+        try:
+            content_type, declared = single_header(scope, b"content-type"), single_header(scope, b"content-length")
+        except RepeatedHeader as exc:
+            return await repeated_header(str(exc))(scope, receive, send)
+        if (content_type or b"").strip().lower().startswith(REFUSED_TYPES):
             response = JSONResponse({"error": "send a JSON body with Content-Type: application/json",
                                      "reason": "unsupported_media_type"}, status_code=415)
             return await response(scope, receive, send)
-        declared = headers.get(b"content-length")
         # bytes.isdigit() is ASCII-only; the length bound keeps int() off thousand-digit values
         if declared is not None and (not declared.isdigit() or len(declared) > 19 or int(declared) > self.max_bytes):
             return await self._refuse(scope, receive, send)
@@ -90,7 +111,10 @@ class ApiKeyAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
-        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").strip().partition(b" ")
+        try:
+            scheme, _, given = (single_header(scope, b"authorization") or b"").strip().partition(b" ")
+        except RepeatedHeader as exc:
+            return await repeated_header(str(exc))(scope, receive, send)
         if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):  # constant time: no timing hints about the key
             return await self.app(scope, receive, send)
         response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",

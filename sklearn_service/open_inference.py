@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import typing as t
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sklearn_service.errors import RequestError
+from sklearn_service.user_input import shown, shown_list
 
 ENDPOINT = "/v2/infer"  # the metrics label of every V2 inference request
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -126,7 +128,35 @@ def split_body(headers, body: bytes) -> tuple[dict, Binary]:
         raise RequestError("invalid_json", f"the request is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(document, dict):
         raise RequestError("invalid_request", "the request must be a JSON object with `inputs`")
+    # JSON's \\uXXXX escapes can spell a lone surrogate, which UTF-8 cannot encode: the id (echoed
+    # back), a name or a BYTES value would fail only after predicting. Only such a body is walked.
+    try:
+        where = _unencodable(document) if LONE_SURROGATE.search(body) else None
+    except RecursionError:
+        raise RequestError("invalid_request", "the request is nested too deeply") from None
+    if where is not None:
+        raise RequestError("invalid_request", f"{where} holds a lone surrogate escape (such as \\ud800) "
+                                              "that is not text UTF-8 can encode")
     return document, Binary(binary)
+
+
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # any surrogate escape; a paired one passes the walk
+
+
+def _unencodable(node, where: str = "the request") -> str | None:
+    """Where in the parsed document a string (or key) is not encodable as UTF-8, or None."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f"{where}[{_excerpt(repr(key))}]" if isinstance(key, str) else f"{where}[{key}]"
+        for text in (key, value):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "a key of " + where if text is key else here
+        if (found := _unencodable(value, here)) is not None:
+            return found
+    return None
 
 
 def _parameters(spec: dict, where: str) -> dict:
@@ -141,10 +171,10 @@ def _parameters(spec: dict, where: str) -> dict:
 def read_input(spec, binary: Binary) -> Tensor:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise RequestError("invalid_request", "each of `inputs` must be an object with a string `name`")
-    where = f"input {spec['name']!r}: "
+    where = f"input {shown(spec['name'])}: "
     datatype, shape = spec.get("datatype"), spec.get("shape")
     if datatype not in DATATYPES:
-        raise RequestError("wrong_datatype", f"{where}unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
+        raise RequestError("wrong_datatype", f"{where}unknown datatype {shown(datatype)}; one of {', '.join(DATATYPES)}")
     if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_dimension(d) for d in shape):
         raise RequestError("wrong_shape", f"{where}shape must be [N, features] or [N] with whole numbers "
                                           f"0 to {MAX_DIMENSION}, got {_excerpt(shape)}")
@@ -180,7 +210,7 @@ def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list:
     try:  # as the declared type: FP32 rounds, out-of-range integers are refused
         cast = iter(np.array(present, dtype=NUMERIC[datatype]).tolist())
     except (OverflowError, ValueError) as exc:
-        raise RequestError("wrong_datatype", f"{where}values do not fit {datatype}: {exc}") from None
+        raise RequestError("wrong_datatype", f"{where}values do not fit {datatype}: {shown(exc, 200)}") from None
     return [None if v is None else next(cast) for v in data]
 
 
@@ -297,10 +327,10 @@ class Inference:
         if len(tensors) != 1:
             raise RequestError("wrong_inputs", f"send one [N, {width}] tensor or one input per feature named as "
                                                f"the model's features; got {len(tensors)} inputs named "
-                                               f"{[t.name for t in tensors][:5]}")
+                                               f"{shown_list([t.name for t in tensors], 5)}")
         tensor = tensors[0]
         if len(tensor.shape) != 2 or tensor.shape[1] != width:
-            raise RequestError("wrong_shape", f"input {tensor.name!r}: shape must be [N, {width}] (rows, features), "
+            raise RequestError("wrong_shape", f"input {shown(tensor.name)}: shape must be [N, {width}] (rows, features), "
                                               f"got {tensor.shape}")
         values = tensor.values
         return [values[i:i + width] for i in range(0, len(values), width)]
@@ -310,7 +340,7 @@ class Inference:
         columns: dict[str, list] = {}
         for tensor in tensors:
             if tensor.name not in schema.index:
-                raise RequestError("unknown_feature", f"input {tensor.name!r} is not a feature of this model; "
+                raise RequestError("unknown_feature", f"input {shown(tensor.name)} is not a feature of this model; "
                                                       f"features: {schema.names[:10]}")
             if tensor.name in columns:
                 raise RequestError("wrong_inputs", f"input {tensor.name!r} appears twice")
@@ -400,8 +430,8 @@ def _known_model(request: Request):
 
 def _unknown_model(request: Request) -> JSONResponse:
     asked = request.path_params
-    version = f" version {asked['version']!r}" if "version" in asked else ""
-    return protocol_error(RequestError("unknown_model", f"no model {asked['name']!r}{version} here", 404))
+    version = f" version {shown(asked['version'])}" if "version" in asked else ""
+    return protocol_error(RequestError("unknown_model", f"no model {shown(asked['name'])}{version} here", 404))
 
 
 async def server_metadata(request: Request) -> JSONResponse:

@@ -22,6 +22,7 @@ import numpy as np
 
 from sklearn_service.log_limit import limited
 from sklearn_service.signature import Signature, decode_categories
+from sklearn_service.user_input import RESERVED_NAMES, reserved_names, shown_list
 
 MONITOR_NAME = "predictions"
 UNSEEN_TEXT = "<unseen>"
@@ -94,7 +95,13 @@ class PayloadLog:
         self.enabled = enabled
         self.signature = signature
         self.labels = None if signature.classes is None else np.array(signature.classes, dtype=object)
-        if enabled:
+        if enabled and (reserved := reserved_names(signature.names)):
+            # a model stored before such names were refused: its rows would overwrite the log's own columns
+            logger.warning("payload log off: feature name(s) %s are the log's own columns (%s); retrain or "
+                           "re-import the model with other names to log its requests", shown_list(reserved),
+                           ", ".join(RESERVED_NAMES))
+            self.enabled = False
+        if self.enabled:
             dropped_rows()  # the series exists from start-up, at 0
             logging.getLogger("bentoml._internal.monitoring.base").addFilter(_RequestRoleAccepted())
 

@@ -91,8 +91,9 @@ def untrusted(data: bytes, trust_types) -> tuple[list[str], list[str]]:
     import skops.io
 
     listed = skops.io.get_untrusted_types(data=data)
-    refused = sorted(n for n in listed if n not in IMPLICIT_TYPES and n not in trust_types)
-    code = _code_names(data) if refused else set()
+    code = _code_names(data)
+    # an implicit name is trusted as data only: as a function or type node it would be called
+    refused = sorted(n for n in listed if n not in trust_types and (n not in IMPLICIT_TYPES or n in code))
     return [n for n in refused if n in code], [n for n in refused if n not in code]
 
 
@@ -140,6 +141,7 @@ def check_contents(model) -> None:
 def _check_contents(model) -> None:
     from scipy.interpolate import BSpline
     from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.svm._base import BaseLibSVM
     from sklearn.tree._tree import Tree
 
     seen, checked = set(), set()
@@ -160,6 +162,8 @@ def _check_contents(model) -> None:
             checked.update(id(p) for trees in obj._predictors for p in trees)
         if isinstance(obj, (Tree, TreePredictor)) and id(obj) not in checked:
             raise DataError("the model holds a tree outside a fitted tree estimator")
+        if isinstance(obj, BaseLibSVM):
+            _check_libsvm(obj)
         if isinstance(obj, BSpline):
             try:
                 BSpline(obj.t, obj.c, obj.k, extrapolate=obj.extrapolate, axis=obj.axis)
@@ -169,6 +173,45 @@ def _check_contents(model) -> None:
             # an ensemble's members take its rows unchecked: they inherit its n_features_in_
             stack.append((child, own if name in ("estimators_", "estimator_") else bound if name is None else None))
     return None
+
+
+def _check_libsvm(svm) -> None:
+    """libsvm (SVC, SVR, NuSVC, NuSVR, OneClassSVM) indexes its arrays by these counts without checking
+    them; scikit-learn's own check (CVE-2020-28975) skips sparse models, and a crafted one crashed
+    the process. Every count and shape libsvm follows must agree with the arrays it reads."""
+    import scipy.sparse as sp
+    from sklearn.svm._base import LIBSVM_IMPL
+
+    def refuse(why: str):
+        raise DataError(f"the model holds a {type(svm).__name__} whose {why}: the file is damaged or crafted")
+
+    if svm._impl not in LIBSVM_IMPL:
+        refuse("libsvm type is unknown")
+    classifier = svm._impl in ("c_svc", "nu_svc")
+    vectors, support, n_support = svm.support_vectors_, np.asarray(svm.support_), np.asarray(svm._n_support)
+    n_rows, n_columns = (int(n) for n in svm.shape_fit_)
+    precomputed = svm.kernel == "precomputed"
+    if bool(svm._sparse) != sp.issparse(vectors):
+        refuse("support vectors are not stored as its sparse flag says")
+    for matrix in (vectors, svm._dual_coef_):
+        if sp.issparse(matrix):
+            sp.csr_matrix(matrix).check_format(full_check=True)  # indices within shape, indptr ordered
+    n_classes = len(n_support) if classifier else 1
+    count = len(support)
+    if support.ndim != 1 or n_support.ndim != 1 or np.any(n_support < 0) or \
+            int(svm.n_support_.sum()) != count or (classifier and n_classes < 2) or (not classifier and len(n_support) != 2):
+        refuse("support vector counts do not add up")
+    if np.any((support < 0) | (support >= n_rows)):
+        refuse("support indices point outside the training rows")
+    if not precomputed and (vectors.ndim != 2 or vectors.shape != (count, n_columns) or n_columns != svm.n_features_in_):
+        refuse("support vectors do not have the shape its counts say")
+    pairs = n_classes * (n_classes - 1) // 2 if classifier else 1
+    if svm._dual_coef_.shape != (max(n_classes - 1, 1), count) or np.shape(svm._intercept_) != (pairs,):
+        refuse("coefficients do not have the shape its counts say")
+    if np.size(svm._probA) not in (0, pairs) or np.size(svm._probB) != np.size(svm._probA):
+        refuse("probability parameters do not have the shape its counts say")
+    if classifier and len(getattr(svm, "class_weight_", ())) != n_classes:
+        refuse("class weights do not match its classes")
 
 
 def _refuse_tree(why: str):

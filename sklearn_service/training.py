@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import lzma
 import platform
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +62,17 @@ def load_default_dataset() -> Dataset:
 
 
 def _header(path: Path, limits: Limits) -> list[str]:
-    """The header row's names as the file has them (before pandas renames a repeated `a` to `a.1`)."""
-    with open(path, "rb") as f:
-        head = f.read(MAX_HEADER_BYTES + 1)
+    """The header row's names as the file has them (before pandas renames a repeated `a` to `a.1`).
+    Read through the decompression pandas infers from the suffix (.gz, .bz2, .xz, .zip, .zst...),
+    so a compressed file's header meets the same caps and checks as a plain one."""
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "rb", compression="infer", is_text=False) as handles:
+            head = handles.handle.read(MAX_HEADER_BYTES + 1)
+    # a damaged archive, or .zst without the zstandard package
+    except (OSError, EOFError, ValueError, ImportError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        raise DataError(f"data file cannot be read: {shown(path)} ({type(exc).__name__}: {shown(exc)})") from None
     if len(head) > MAX_HEADER_BYTES and b"\n" not in head[:MAX_HEADER_BYTES]:
         raise DataError(f"the header line of {shown(path)} is longer than {MAX_HEADER_BYTES:,} bytes")
     try:
@@ -70,7 +80,10 @@ def _header(path: Path, limits: Limits) -> list[str]:
                                               else "ignore")
     except UnicodeDecodeError as exc:
         raise DataError(f"data file is not valid CSV: {shown(path)} ({shown(exc)})") from None
-    names = next((row for row in csv.reader(io.StringIO(text)) if row), [])  # pandas skips blank lines
+    try:
+        names = next((row for row in csv.reader(io.StringIO(text)) if row), [])  # pandas skips blank lines
+    except csv.Error as exc:  # e.g. a lone carriage return in the header line
+        raise DataError(f"data file is not valid CSV: {shown(path)} (header line: {shown(exc)})") from None
     if len(names) > limits.max_columns:
         raise DataError(f"{shown(path)} has {len(names):,} columns; the cap is {limits.max_columns:,} (--max-columns)")
     if problem := name_problem(names, "column"):
@@ -143,6 +156,8 @@ def load_csv_dataset(path: str | Path, target: str, categorical: list[str] = (),
     features = frame.drop(columns=[target, *drop])
     if features.shape[1] == 0:
         raise DataError(f"{shown(path)} has no feature columns besides the target {shown(target)}")
+    if problem := name_problem(features.columns, "feature"):
+        raise DataError(f"{shown(path)}: {problem}")
     if frame[target].isna().any():
         raise DataError(f"target column {shown(target)} has {int(frame[target].isna().sum())} missing value(s)")
     if len(frame) < MIN_ROWS:

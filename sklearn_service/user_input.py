@@ -19,6 +19,10 @@ MAX_MODEL_BYTES = 1 << 30            # a .skops file's uncompressed size (--max-
 MAX_NAME_CHARS = 1_000               # a column or feature name (it labels metrics, the schema, the log)
 SHOWN_CHARS = 60                     # how much of one user value a message quotes
 SHOWN_ITEMS = 8                      # how many names a message lists
+# Columns the payload log (BentoML's monitor: timestamp, request_id, trace_id, and bento_meta for
+# OTLP; ours: endpoint, prediction) and the stored reference sample (training.TARGET_COLUMN) write
+# beside the features: a feature so named would overwrite or be renamed in them.
+RESERVED_NAMES = ("endpoint", "prediction", "timestamp", "request_id", "trace_id", "bento_meta", "__target__")
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,11 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
     """A user's value for a one-line message: escaped (no newline or control character can start a
     line of its own) and cut to `limit` characters."""
     if isinstance(value, (int, float, np.number)):  # a class label 0 reads as 0, not '0'
-        return str(value)
+        try:
+            text = str(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            return f"an integer of {value.bit_length():,} bits"
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} digits)"
     text = str(value)
     cut = text[:limit]
     quoted = repr(cut)
@@ -67,4 +75,11 @@ def name_problem(names, what: str) -> str | None:
     bad = [n for n in names if has_control_characters(n)]
     if bad:
         return f"{what} names must not hold line breaks or control characters: {shown_list(bad)}"
+    if what == "feature" and (reserved := reserved_names(names)):
+        return (f"feature names {shown_list(reserved)} are reserved for the payload log and drift data "
+                f"({', '.join(RESERVED_NAMES)}): rename those columns")
     return None
+
+
+def reserved_names(names) -> list[str]:
+    return [str(n) for n in names if str(n) in RESERVED_NAMES]

@@ -15,6 +15,7 @@ import numpy as np
 
 from sklearn_service.errors import RequestError
 from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
+from sklearn_service.user_input import shown, shown_list
 
 NOTHING = type(None)
 LARGEST = float(np.finfo(np.float32).max)  # trees compare float32: beyond this a number is infinite
@@ -30,9 +31,9 @@ def _number(value, f: Feature, where: str) -> float:
     if math.isnan(number) and f.nullable:
         return number  # as null: a missing value
     if not math.isfinite(number):
-        raise RequestError("non_finite", f"{where}feature {f.name!r} is not a finite number: {value}")
+        raise RequestError("non_finite", f"{where}feature {f.name!r} is not a finite number: {shown(value)}")
     if abs(number) > LARGEST:
-        raise RequestError("out_of_range", f"{where}feature {f.name!r} is out of range: {value} "
+        raise RequestError("out_of_range", f"{where}feature {f.name!r} is out of range: {shown(value)} "
                                            f"(scikit-learn's trees take numbers up to ±{LARGEST:.3g})")
     return number
 
@@ -82,7 +83,7 @@ class RowEncoder:
                                                     "the model was trained without missing values there")
             return math.nan
         if f.is_category:
-            code = self.codes[i].get(value)
+            code = self.codes[i].get(value) if isinstance(value, (str, int, float)) else None  # a list: unhashable
             if code is not None:
                 return code
             if not isinstance(value, self.category_types[i]):
@@ -90,7 +91,7 @@ class RowEncoder:
                                                  f"such as {f.categories[0]!r}, got {_shown(value)}")
             if self.refuse_unseen[i]:
                 known = ", ".join(map(repr, f.categories[:10])) + (", ..." if len(f.categories) > 10 else "")
-                raise RequestError("unknown_category", f"{where}feature {f.name!r} has no category {value!r}; "
+                raise RequestError("unknown_category", f"{where}feature {f.name!r} has no category {shown(value)}; "
                                                        f"known: {known}")
             return UNSEEN_CODE
         if f.kind == "boolean":
@@ -139,7 +140,7 @@ class RowEncoder:
     def _from_names(self, named: dict, where: str) -> list:
         unknown = sorted(set(named) - self.index.keys())
         if unknown:
-            raise RequestError("unknown_feature", f"{where}unknown feature name(s): {unknown[:5]}")
+            raise RequestError("unknown_feature", f"{where}unknown feature name(s): {shown_list(unknown, 5)}")
         missing = [f.name for f in self.features if f.name not in named and not f.nullable]
         if missing:
             raise RequestError("missing_feature", f"{where}missing {len(missing)} feature(s): {missing[:5]}")

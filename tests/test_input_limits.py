@@ -108,3 +108,64 @@ def test_the_reference_data_is_capped_too(tmp_path, capsys):
     frame.assign(a=frame["a"]).rename(columns={"b": "a"}).to_csv(reference, index=False)
     assert "repeated: ['a']" in refused(["--import-model", str(path), "--reference-data", str(reference),
                                          "--name", "ref"], capsys)
+
+
+def test_a_header_with_a_lone_carriage_return_is_one_line_not_a_traceback(tmp_path):
+    from sklearn_service.training import DataError, read_csv
+
+    path = tmp_path / "cr.csv"
+    path.write_bytes(b"a,b\rc,y\n" + b"".join(b"%d,%d,%d\n" % (i, i, i % 2) for i in range(40)))
+    with pytest.raises(DataError, match="not valid CSV"):
+        read_csv(path)
+
+
+@pytest.mark.parametrize("suffix, compress", [
+    (".csv.gz", lambda b: __import__("gzip").compress(b)),
+    (".csv.bz2", lambda b: __import__("bz2").compress(b)),
+    (".csv.xz", lambda b: __import__("lzma").compress(b)),
+])
+def test_a_compressed_csv_is_read_and_its_header_checked(suffix, compress, tmp_path):
+    from sklearn_service.training import DataError, read_csv
+
+    rows = b"".join(b"%d,%d,%d\n" % (i, i % 3, i % 2) for i in range(20))
+    good = tmp_path / ("good" + suffix)
+    good.write_bytes(compress(b"a,b,y\n" + rows))
+    assert list(read_csv(good).columns) == ["a", "b", "y"]
+    repeated = tmp_path / ("repeated" + suffix)
+    repeated.write_bytes(compress(b"a,a,y\n" + rows))
+    with pytest.raises(DataError, match="repeated"):  # the header check sees the decompressed names
+        read_csv(repeated)
+    damaged = tmp_path / ("damaged" + suffix)
+    damaged.write_bytes(b"not compressed at all")
+    with pytest.raises(DataError):
+        read_csv(damaged)
+
+
+@pytest.mark.parametrize("name", ["prediction", "endpoint", "timestamp", "request_id", "trace_id", "__target__"])
+def test_feature_names_the_payload_log_uses_are_refused_at_train_and_import(name, tmp_path, capsys):
+    frame = pd.DataFrame({"ok": np.arange(20.0), name: np.arange(20.0) % 3})
+    data = tmp_path / "data.csv"
+    frame.assign(y=np.arange(20) % 2).to_csv(data, index=False)
+    err = refused(["--data", str(data), "--target", "y", "--name", "reserved"], capsys)
+    assert f"feature names ['{name}'] are reserved for the payload log and drift data" in err, err
+    path = tmp_path / "model.skops"
+    skops.io.dump(LogisticRegression().fit(frame, np.arange(20) % 2), path)
+    assert "are reserved" in refused(["--import-model", str(path), "--name", "reserved"], capsys)
+
+
+def test_a_reserved_name_may_be_the_target(tmp_path):
+    from sklearn_service.training import load_csv_dataset
+
+    data = tmp_path / "data.csv"
+    pd.DataFrame({"a": np.arange(20.0), "prediction": np.arange(20) % 2}).to_csv(data, index=False)
+    assert list(load_csv_dataset(data, "prediction").X.columns) == ["a"]
+
+
+def test_a_stored_model_with_a_reserved_feature_name_serves_without_the_payload_log(caplog):
+    from sklearn_service.payload_log import PayloadLog
+    from sklearn_service.signature import Feature, Signature
+
+    log = PayloadLog(True, Signature([Feature("a"), Feature("prediction")]))
+    assert not log.enabled and "payload log off: feature name(s) ['prediction']" in caplog.text
+    log.write("/predict", np.zeros((1, 2)), np.zeros(1))  # nothing written, nothing raised
+    assert PayloadLog(True, Signature([Feature("a"), Feature("b")])).enabled

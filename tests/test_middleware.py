@@ -90,3 +90,26 @@ def test_request_guard_answers_408_to_a_body_that_stops_coming():
 def test_api_key_scheme_is_case_insensitive(header, status):
     keyed = client((ApiKeyAuth, {"api_key": "k"}))
     assert keyed.post("/predict", headers={"Authorization": header}).status_code == status
+
+
+@pytest.mark.parametrize("name, values", [
+    ("content-type", ["multipart/form-data", "application/json"]),  # Starlette reads the first, a dict the last
+    ("content-type", ["application/json", "multipart/form-data"]),
+    ("content-type", ["application/json", "application/json"]),
+    ("content-length", ["2", "2"]),
+])
+def test_request_guard_refuses_a_repeated_content_type_or_length(name, values):
+    """BentoML acts on the first Content-Type; a guard reading any other one could be slipped past
+    (multipart first answered 500 from BentoML's multipart parser)."""
+    answer = client((RequestGuard, {"max_bytes": 100})).post("/predict", content=b"{}",
+                                                             headers=[(name, v) for v in values])
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"error": f"send one {name} header, not several", "reason": "repeated_header"}
+
+
+@pytest.mark.parametrize("values", [["Bearer k", "Bearer wrong"], ["Bearer wrong", "Bearer k"], ["Bearer k"] * 2])
+def test_api_key_refuses_a_repeated_authorization_header(values):
+    keyed = client((ApiKeyAuth, {"api_key": "k"}))
+    answer = keyed.post("/predict", headers=[("authorization", v) for v in values])
+    assert answer.status_code == 400 and answer.json()["reason"] == "repeated_header"
+    assert keyed.get("/livez", headers=[("authorization", v) for v in values]).status_code == 200  # probes stay open

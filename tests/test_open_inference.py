@@ -209,6 +209,8 @@ ROW = [1.0] * 30
      "unknown output 'classes'; this model has: predict, predict_proba"),
     (tensor([1, 30], ROW, outputs="predict"), "outputs must be a list"),
     (tensor([1, 30], ROW, id=7), "id must be a string"),
+    (tensor([1, 30], ROW, id="\ud800"), "the request['id'] holds a lone surrogate"),
+    (tensor([1, 30], ["\udfff"] * 30, datatype="BYTES"), "['data'][0] holds a lone surrogate"),
     (tensor([1, 30], ROW, parameters=[]), "parameters must be an object"),
     ({"inputs": []}, "inputs must be a non-empty list"),
     ({"inputs": [{"shape": [1, 30]}]}, "with a string `name`"),
@@ -473,3 +475,60 @@ def test_mixed_model_raw_columns_with_missing_values_and_errors(penguins):
     assert missing.status_code == 400 and "missing input(s) for feature(s) ['tagged']" in missing.json()["error"]
     uneven = {"inputs": [columns["inputs"][0], {**columns["inputs"][2], "shape": [1], "data": [True]}]}
     assert "different numbers of rows" in v2(penguins, path, uneven).json()["error"]
+
+
+@pytest.mark.parametrize("body, where", [
+    (b'{"id": "\\ud800", "inputs": []}', "the request['id']"),
+    (b'{"inputs": [{"name": "a\\udBFF", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}', "the request['inputs'][0]['name']"),
+    (b'{"inputs": [], "parameters": {"\\uDC00": 1}}', "a key of the request['parameters']"),
+])
+def test_text_utf8_cannot_encode_is_refused_before_predicting(body, where):
+    """A lone surrogate (legal in JSON escapes) would fail only when the answer is encoded, after the
+    prediction was made and counted."""
+    inference = open_inference.Inference(SimpleNamespace(schema=None, labels=None, outputs=("predict",)), {}, body)
+    with pytest.raises(RequestError, match="lone surrogate") as refused:
+        inference.rows()
+    assert refused.value.status == 400 and str(refused.value).startswith(where)
+    assert inference.id is None
+    # a paired surrogate escape is one character, and passes
+    assert open_inference.split_body({}, b'{"id": "\\ud83d\\ude00"}')[0]["id"] == "\U0001f600"
+
+
+def _service():
+    from sklearn_service.signature import Feature, Signature
+    from sklearn_service.validation import RowEncoder
+
+    signature = Signature([Feature("island", "category", "object", False, ["Biscoe", "Dream"]),
+                           Feature("bill", "number", "float64", False)], takes_frame=True)
+    return SimpleNamespace(schema=RowEncoder(signature, reject_unseen=True), max_rows=10, labels=None,
+                           outputs=("predict",))
+
+
+HUGE = "x" * 1_000_000
+BIG_NUMBER = "9" * 4000
+
+
+@pytest.mark.parametrize("body", [
+    {"inputs": [{"name": HUGE, "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}]},          # unknown input
+    {"inputs": [{"name": "t", "datatype": HUGE, "shape": [1, 2], "data": [1, 2]}]},             # datatype
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]},        # one tensor
+    {"inputs": [{"name": HUGE + str(i), "datatype": "FP64", "shape": [1], "data": [1]} for i in range(9)]},
+    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": [HUGE]},
+                {"name": "bill", "datatype": "FP64", "shape": [1], "data": [1.0]}]},            # unknown category
+    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": ["Dream"]},
+                {"name": HUGE, "datatype": "FP64", "shape": [1], "data": [1.0]}]},              # unknown feature
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "outputs": [{"name": HUGE}]},
+    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "id": HUGE, "x": "\ud800"},
+    {"inputs": [{"name": "t", "datatype": "UINT8", "shape": [1, 2], "data": [1, BIG_NUMBER]}]},
+])
+def test_v2_error_messages_stay_short_whatever_the_client_sent(body):
+    text = json.dumps(body).replace(f'"{BIG_NUMBER}"', BIG_NUMBER).encode()  # a 4,000-digit JSON integer
+    inference = open_inference.Inference(_service(), {}, text)
+    with pytest.raises(RequestError) as info:
+        inference.rows()
+    assert len(str(info.value)) < 1000, str(info.value)[:300]
+
+
+def test_an_unknown_model_in_the_path_is_not_repeated_in_full():
+    answer = open_inference._unknown_model(SimpleNamespace(path_params={"name": HUGE, "version": HUGE}))
+    assert answer.status_code == 404 and len(answer.body) < 1000

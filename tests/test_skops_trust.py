@@ -251,3 +251,61 @@ def test_trusting_partial_never_trusts_the_function_it_wraps(tmp_path, capsys):
     rewrite_schema(path, swap)
     err = refused(["--import-model", str(path), "--name", "partial", "--trust-types", ",".join(needed)], capsys)
     assert "['sklearn.utils._testing.check_output']" in err
+
+
+@pytest.mark.parametrize("name", ["sklearn.utils._bunch.Bunch", "numpy.dtype", "sklearn.tree._tree.Tree",
+                                  "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"])
+def test_an_implicitly_trusted_name_stored_as_a_function_is_refused(name, tmp_path, capsys):
+    """The implicit names are trusted as data; as a FunctionTransformer's func they would be called."""
+    X = np.random.RandomState(0).rand(40, 3)
+    path = tmp_path / "callable.skops"
+    skops.io.dump(make_pipeline(FunctionTransformer(np.negative), LogisticRegression()).fit(X, X[:, 0] > .5), path)
+    module, _, cls = name.rpartition(".")
+
+    def retarget(schema):
+        for node in nodes(schema, "FunctionNode"):
+            node.update({"__module__": module, "__class__": cls})
+    rewrite_schema(path, retarget)
+    err = refused(["--import-model", str(path), "--name", "callable"], capsys)
+    assert f"code (functions or callables it would run): ['{name[:50]}" in err, err
+
+
+def _crafted_svm(make, sparse, edit):
+    import scipy.sparse as sp
+
+    X = np.random.RandomState(0).rand(40, 3)
+    y = np.arange(40) % 2
+    model = make().fit(sp.csr_matrix(X) if sparse else X, *([] if make.__name__ == "OneClassSVM" else [y]))
+    edit(model)
+    return model
+
+
+@pytest.mark.parametrize("make, sparse, edit, words", [
+    # scikit-learn's own check (CVE-2020-28975) skips sparse models: this one crashed the process
+    ("SVC", True, lambda m: setattr(m, "_n_support", np.array([2**30, 2**30], dtype=np.int32)), "counts do not add up"),
+    ("SVC", False, lambda m: setattr(m, "_n_support", np.array([2**30, 2**30], dtype=np.int32)), "counts do not add up"),
+    ("SVC", False, lambda m: setattr(m, "support_", m.support_ + 1000), "indices point outside"),
+    ("NuSVC", False, lambda m: setattr(m, "_intercept_", np.zeros(3)), "coefficients"),
+    ("SVR", True, lambda m: setattr(m, "_dual_coef_", m._dual_coef_[:, :2]), "coefficients"),
+    ("NuSVR", False, lambda m: setattr(m, "support_vectors_", m.support_vectors_[:, :2]), "shape its counts say"),
+    ("OneClassSVM", True, lambda m: setattr(m, "_sparse", False), "sparse flag"),
+])
+def test_libsvm_models_whose_counts_disagree_with_their_arrays_are_refused(make, sparse, edit, words, tmp_path,
+                                                                           capsys):
+    import sklearn.svm
+
+    path = tmp_path / "svm.skops"
+    skops.io.dump(_crafted_svm(getattr(sklearn.svm, make), sparse, edit), path)
+    err = refused(["--import-model", str(path), "--name", "svm", "--trust-types",
+                   "scipy.sparse._csr.csr_matrix"], capsys)
+    assert f"the model holds a {make} whose" in err and words in err, err
+
+
+@pytest.mark.parametrize("make", ["SVC", "NuSVC", "SVR", "NuSVR", "OneClassSVM"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fitted_libsvm_models_pass_the_checks(make, sparse):
+    import sklearn.svm
+
+    from sklearn_service.skops_load import check_contents
+
+    check_contents(_crafted_svm(getattr(sklearn.svm, make), sparse, lambda m: None))

@@ -4,6 +4,8 @@ real `bentoml serve` per model kind; and models that cannot be served stop the s
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -256,6 +258,22 @@ def test_an_unknown_model_tag_names_it_and_the_models_there(bentoml_home):
     log = refused_start(bentoml_home, {"MODEL_TAG": "wage_hbg:latest"})
     assert "error: no model wage_hbg:latest in the model store (MODEL_TAG); models there:" in log
     assert "wage_hgb:" in log and "NoneType" not in log
+
+
+def test_an_invalid_model_tag_is_one_line_not_a_traceback(bentoml_home):
+    log = refused_start(bentoml_home, {"MODEL_TAG": "a:b\nforged line"})
+    assert "error: MODEL_TAG 'a:b\\nforged line' is not a model tag" in log
+    assert "\nforged line" not in log  # escaped: the tag cannot start a log line of its own
+
+
+@pytest.mark.parametrize("tag", ["Bad Tag!", "a:b:c", "", ":v", "x" * 300])
+def test_invalid_model_tags_are_refused_by_the_service_module(bentoml_home, tag):
+    """What `bentoml serve` imports first; the same check without a server, for a table of tags."""
+    run = subprocess.run([sys.executable, "-c", "import service"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "BENTOML_HOME": str(bentoml_home), "MODEL_TAG": tag})
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: MODEL_TAG '"), run.stderr
+    assert len(run.stderr.strip().splitlines()[-1]) < 200
 
 
 def test_a_model_whose_code_cannot_be_imported_does_not_start(bentoml_home, tmp_path, monkeypatch):

@@ -123,3 +123,22 @@ def test_nan_is_a_missing_value_only_where_one_is_allowed():
     assert np.isnan(encoder.matrix([["Dream", math.nan, True, None]], 1)[0, 1])
     assert reason_of(lambda: encoder.single(["Dream", math.inf, True, None]))[0] == "non_finite"
     assert reason_of(lambda: SCHEMA.single([1, math.nan, 3]))[0] == "non_finite"
+
+
+HUGE = "x" * 1_000_000
+
+
+@pytest.mark.parametrize("encoder, values", [
+    (SCHEMA, {HUGE: 1, "a": 1, "b": 2, "c": 3}),                       # unknown feature name
+    (SCHEMA, {**{f"{HUGE}{i}": 1 for i in range(20)}}),                # many unknown names
+    (SCHEMA, [1, 2, 10**4000]),                                        # non_finite repeated a 4,000-digit number
+    (SCHEMA, [1, 2, -(10**300)]),                                      # out_of_range
+    (SCHEMA, [1, 2, HUGE]),                                            # wrong_type
+    (RowEncoder(MIXED, reject_unseen=True), [HUGE, 1.0, True, None]),  # unknown_category
+    (RowEncoder(MIXED), [[HUGE], 1.0, True, None]),                    # a list for a category
+    (RowEncoder(MIXED), ["Dream", 1.0, HUGE, None]),                   # not a boolean
+])
+def test_error_messages_stay_short_whatever_the_client_sent(encoder, values):
+    with pytest.raises(RequestError) as info:
+        encoder.single(values)
+    assert len(str(info.value)) < 1000, str(info.value)[:300]
