@@ -65,18 +65,25 @@ class RateLimitedLog:
 
 
 class RateLimitFilter(logging.Filter):
-    """The same for a library's logger (BentoML's 500s): records with a traceback are let
-    through once per interval per kind (message and exception type), the next one as one
-    line with the count."""
+    """The same for a library's logger: records with a traceback (BentoML's 500s), records a
+    filter before it marked with a `rate_key` (client errors), and records with one of
+    `messages` (uvicorn's per-request warnings) are let through once per interval per kind,
+    the next one as one line with the count."""
 
-    def __init__(self, interval: float = INTERVAL_SECONDS, clock=time.monotonic):
+    def __init__(self, interval: float = INTERVAL_SECONDS, clock=time.monotonic, messages: tuple[str, ...] = ()):
         super().__init__()
         self.kinds = _Kinds(interval, clock)
+        self.messages = frozenset(messages)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info or not record.exc_info[1]:
+        key = getattr(record, "rate_key", None)
+        if key is None and record.msg in self.messages:
+            key = record.msg
+        if key is None and record.exc_info and record.exc_info[1]:
+            key = f"{record.msg}:{type(record.exc_info[1]).__name__}"
+        if key is None:
             return True
-        show, held_back, seconds = self.kinds.admit(f"{record.msg}:{type(record.exc_info[1]).__name__}")
+        show, held_back, seconds = self.kinds.admit(key)
         if show and held_back:
             record.msg, record.args = record.getMessage() + _held_back(held_back, seconds), ()
             record.exc_info = record.exc_text = None

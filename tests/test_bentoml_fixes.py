@@ -24,6 +24,7 @@ from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, Time
 from sklearn_service import patches
 from sklearn_service.patches import ORIGINAL, Fix
 from sklearn_service.patches import bentoml as bentoml_patches
+from sklearn_service.patches import uvicorn as uvicorn_patches
 from sklearn_service.patches import kantoku as kantoku_patches
 from sklearn_service.middleware import RequestGuard
 from tests.load import run_load
@@ -205,6 +206,47 @@ def test_repeated_server_errors_log_one_traceback_per_interval(monkeypatch):
     assert len(later) == 1 and not later[0].exc_info and "(and 199 more like it in the last 11 s)" in later[0].getMessage()
     client = log_a_client_error(monkeypatch, filters)  # client errors stay one-line warnings, each of them
     assert client.levelno == logging.WARNING
+
+
+def test_repeated_client_errors_log_one_warning_per_interval(monkeypatch):
+    from pydantic import BaseModel
+
+    from sklearn_service.log_limit import RateLimitFilter
+
+    clock = [0.0]
+    filters = [bentoml_patches.ClientErrorsAsWarnings(), RateLimitFilter(interval=10, clock=lambda: clock[0])]
+
+    def bad_row():
+        type("Row", (BaseModel,), {"__annotations__": {"x": int}}).model_validate({"x": "not a number"})
+
+    first = log_errors(monkeypatch, filters, bad_row, 100)
+    clock[0] = 11
+    later = log_errors(monkeypatch, filters, bad_row, 1)
+    assert len(first) == 1 and first[0].levelno == logging.WARNING
+    assert len(later) == 1 and "(and 99 more like it in the last 11 s)" in later[0].getMessage()
+
+
+def test_malformed_requests_log_one_warning_per_interval(monkeypatch):
+    from sklearn_service.log_limit import RateLimitFilter
+
+    # uvicorn's parsers log this line, without a traceback, for every malformed request
+    logger, clock, records = logging.getLogger("uvicorn.error"), [0.0], []
+    limit = RateLimitFilter(interval=10, clock=lambda: clock[0], messages=uvicorn_patches.INVALID_REQUEST)
+    handler = logging.Handler()
+    handler.emit = records.append
+    monkeypatch.setattr(logger, "filters", [limit])  # only this filter, whatever apply() installed
+    logger.addHandler(handler)
+    try:
+        for _ in range(100):
+            logger.warning("Invalid HTTP request received.")
+        logger.warning("another warning")  # not a per-request line: never held back
+        clock[0] = 11
+        logger.warning("Invalid HTTP request received.")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == [
+        "Invalid HTTP request received.", "another warning",
+        "Invalid HTTP request received. (and 99 more like it in the last 11 s)"]
 
 
 # --- entry_service_stops_first -----------------------------------------------------------------

@@ -133,6 +133,7 @@ class ClientErrorsAsWarnings(logging.Filter):
             record.msg, record.args = f"{record.getMessage()}: client error: {summary}", ()
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.exc_info = record.exc_text = None
+            record.rate_key = f"client_error:{type(exc).__name__}"  # for server_errors_rate_limited, after this
         return True
 
 

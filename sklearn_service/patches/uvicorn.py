@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import socket
 import threading
@@ -17,9 +18,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server as UvicornServer
 
 from sklearn_service import config
+from sklearn_service.log_limit import RateLimitFilter
 from sklearn_service.patches import Fix
 from sklearn_service.patches.bentoml import BENTOML
 from sklearn_service.patches.kantoku import ENTRY_WATCHER, KANTOKU
+
+INVALID_REQUEST = ("Invalid HTTP request received.",)  # what each of uvicorn's HTTP parsers logs
 
 UVICORN = "==0.54.0"  # the uvicorn releases whose source these were checked against
 
@@ -180,6 +184,9 @@ def _accept_queued_and_stop_listening(listeners: list[socket.socket]) -> list[so
 
 FIXES = [
     Fix("header_timeout", "uvicorn", UVICORN, _install_header_deadline),
+    # uvicorn logs a warning (no traceback) for every malformed request a client sends
+    Fix("uvicorn_warnings_rate_limited", "uvicorn", UVICORN,
+        lambda: logging.getLogger("uvicorn.error").addFilter(RateLimitFilter(messages=INVALID_REQUEST))),
     Fix("drain_without_resets", "uvicorn", UVICORN, _install_drain_without_resets,
         also=(("kantoku", KANTOKU), ("bentoml", BENTOML))),
 ]
