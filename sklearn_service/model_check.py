@@ -17,6 +17,7 @@ restarting forever.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import subprocess
@@ -187,8 +188,13 @@ def stored_model(model_ref):
         import bentoml
 
         there = sorted({str(m.tag) for m in bentoml.models.list()})
+        # a misspelt name: the names closest to it first, so a long store still shows them
+        close = difflib.get_close_matches(model_ref.tag.name, sorted({t.split(":")[0] for t in there}), n=5)
+        rank = {name: i for i, name in enumerate(close)}
+        there.sort(key=lambda t: (rank.get(t.split(":")[0], len(close)), t))
         listed = ", ".join(there[:20]) + (", ..." if len(there) > 20 else "") if there else "none"
-        raise ModelError(f"no model {model_ref.tag} in the model store (MODEL_TAG); models there: {listed}")
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelError(f"no model {model_ref.tag} in the model store (MODEL_TAG){hint}; models there: {listed}")
     return stored
 
 

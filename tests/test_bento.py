@@ -66,10 +66,11 @@ def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained,
     container = subprocess.run(["buildah", "from", image], env=env, capture_output=True, text=True,
                                check=True).stdout.strip()
     port = free_port()
+    log = open(tmp_path / "image-server.log", "wb")
     server = subprocess.Popen(
         ["buildah", "run", "--isolation", "chroot", "--network", "host", container, "--",
          "./env/docker/entrypoint.sh", "serve", "--port", str(port)],  # the image's own entrypoint
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -79,7 +80,8 @@ def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained,
                     break
             except requests.RequestException:
                 pass
-            assert server.poll() is None, "the image's server exited"
+            assert server.poll() is None, "the image's server exited:\n" + \
+                (tmp_path / "image-server.log").read_text(errors="replace")[-3000:]
             time.sleep(0.5)
         assert_serves_seed_contract_and_batch(url, trained, cancer)
         serving = [line.split(None, 1) for line in subprocess.run(
@@ -91,5 +93,6 @@ def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained,
         print(f"\nimage {image}: {size}")
     finally:
         stop_tree(server, 30)  # the image's processes are buildah's children, in no group of its own
+        log.close()
         subprocess.run(["buildah", "rm", container], capture_output=True)
         subprocess.run(["buildah", "rmi", image], capture_output=True)

@@ -254,9 +254,14 @@ def test_a_model_with_several_outputs_per_row_does_not_start(bentoml_home):
 
 
 def test_an_unknown_model_tag_names_it_and_the_models_there(bentoml_home):
-    bentoml.sklearn.save_model("wage_hgb", LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]))
+    model = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+    for i in range(21):  # more than the line lists, all sorting before the one meant
+        bentoml.sklearn.save_model(f"aaa_{i:02d}", model)
+    bentoml.sklearn.save_model("wage_hgb", model)
     log = refused_start(bentoml_home, {"MODEL_TAG": "wage_hbg:latest"})
-    assert "error: no model wage_hbg:latest in the model store (MODEL_TAG); models there:" in log
+    # the closest names come first, however many models the store holds
+    assert "error: no model wage_hbg:latest in the model store (MODEL_TAG) (did you mean wage_hgb?); " \
+           "models there: wage_hgb:" in log
     assert "wage_hgb:" in log and "NoneType" not in log
 
 
