@@ -101,6 +101,19 @@ async def client(port: int, features, style: str, until: float, outcomes: list[O
             writer = None
 
 
+async def drain_begun(port: int, within: float = 4.0) -> None:
+    """Until a new connection is refused: the API worker has begun to drain (at most `within` s,
+    inside uvicorn's 5 s keep-alive, so the probe's idle connection is still open)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await asyncio.sleep(0.05)
+
+
 async def load_and_signal(port: int, features, term, draining, seconds: float) -> tuple[list, Outcome, object]:
     """CLIENTS clients of each style, and `term()` after 1.5 s. Also one connection that is idle at
     the signal, kept alive from a request before it, sends another request PROBE_AFTER seconds after
@@ -117,6 +130,7 @@ async def load_and_signal(port: int, features, term, draining, seconds: float) -
     await asyncio.sleep(0.5)
     term()
     await asyncio.sleep(PROBE_AFTER)
+    await drain_begun(port)  # on a busy machine the worker may take longer to hear of the signal
     probe = await exchange(reader, writer, *probe_request)
     seen = draining()
     writer.close()

@@ -42,7 +42,7 @@ def test_example_client_talks_to_the_service(server, trained):
 def test_locustfile_runs_headless_without_failures(server, tmp_path):
     locust = Path(sys.executable).with_name("locust")
     result = subprocess.run([str(locust), "-f", str(ROOT / "bench" / "locustfile.py"), "--host", server.url,
-                             "--headless", "-u", "8", "-r", "8", "-t", "4s", "--csv", str(tmp_path / "run")],
+                             "--headless", "-u", "8", "-r", "8", "-t", "8s", "--csv", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = (tmp_path / "run_stats.csv").read_text().splitlines()
