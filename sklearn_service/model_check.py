@@ -8,7 +8,7 @@ score_samples for outlier detectors), that predict gives one value per row, and 
 feature whether the model raises on a missing value or an unseen category (those
 become a 400 before batching, not a raise inside a batch shared with others).
 
-`bentoml serve`'s main process runs `python -m sklearn_service.model_check TAG`
+`bentoml serve`'s main process runs `python -m sklearn_service.model_check <the model's folder>`
 and leaves the answer in an environment variable that its workers inherit, so
 they read it instead of checking again. A model that fails the check stops the
 server with one line naming the model and the reason, instead of a runner
@@ -151,13 +151,14 @@ def inspect(model, metadata: dict, name: str) -> ModelFacts:
 
 
 def main(argv: list[str]) -> int:
-    """python -m sklearn_service.model_check TAG: the facts as one JSON line, or one line why not."""
+    """python -m sklearn_service.model_check TAG|FOLDER: the facts as one JSON line, or one line why not."""
     import warnings
 
     import bentoml
 
     warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
-    stored = bentoml.models.get(argv[0])
+    # by its folder: inside a bento the model lies in the bento's own store, not BENTOML_HOME's
+    stored = bentoml.models.Model.from_path(argv[0]) if os.path.isdir(argv[0]) else bentoml.models.get(argv[0])
     if missing := missing_requirements(stored.info.metadata.get("requires", {})):  # before loading fails on it
         print(f"model {stored.tag} cannot be loaded: {missing}", file=sys.stderr)
         return REFUSED
@@ -206,7 +207,7 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
     if cached.get("tag") == tag:
         return stored, ModelFacts.from_json(cached)
     try:
-        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", tag], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", stored.path], cwd=ROOT,
                               capture_output=True, text=True, timeout=CHECK_SECONDS)
     except subprocess.TimeoutExpired:
         raise ModelError(f"model {tag}: loading and checking it took over {CHECK_SECONDS} s") from None
