@@ -1,4 +1,4 @@
-"""ASGI middleware of the API service: request limits and optional API key."""
+"""ASGI middleware of the API service: request limits, optional API key, the V2 health probes."""
 
 from __future__ import annotations
 
@@ -121,3 +121,30 @@ class ApiKeyAuth:
                                  "reason": "unauthorized"}, status_code=401,
                                 headers={"WWW-Authenticate": 'Bearer realm="sklearn-service"'})
         await response(scope, receive, send)
+
+
+class HealthProbes:
+    """/v2/health/live and /v2/health/ready (the Open Inference Protocol's probes) answer as the
+    service's own /livez and /readyz (runner alive, runner ready) do, and like them open without an
+    API key; the body is the protocol's {"live": true} / {"ready": true} (KServe's client reads it;
+    Triton's reads the status)."""
+
+    ALIASES = {"/v2/health/live": ("/livez", "live"), "/v2/health/ready": ("/readyz", "ready")}
+    ROUTES = tuple(ALIASES)  # paths it serves, for the endpoint label of BentoML's metrics
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.ALIASES:
+            return await self.app(scope, receive, send)
+        path, key = self.ALIASES[scope["path"]]
+        status = 503
+
+        async def keep_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+
+        await self.app({**scope, "path": path, "raw_path": path.encode()}, receive, keep_status)
+        await JSONResponse({key: status == 200}, status_code=status)(scope, receive, send)

@@ -1,431 +1,35 @@
-"""The Open Inference Protocol ("V2" of KServe, Triton and Seldon MLServer) beside the service's own API.
+"""The Open Inference Protocol ("V2" of KServe, Triton and Seldon MLServer) over REST, beside the API.
 
-An inference request carries either one [N, F] tensor of feature values in
-signature order, or one [N] (or [N, 1]) tensor per feature named as in the
-signature (the "pandas codec" style of MLServer's and KServe's clients, BYTES
-for strings). Either becomes the rows RowEncoder validates, and the request then
-takes the API's own path (SklearnService._serve): the same per-feature errors,
-coalescing, limits and metrics. Errors answer in the protocol's form, {"error": ...}.
-
-Triton's binary tensor extension, which tritonclient uses by default, is spoken
-too: the body is a JSON header `Inference-Header-Content-Length` bytes long
-followed by the raw tensors, each input's `parameters.binary_data_size` bytes;
-outputs come back the same way when asked for with `binary_data` (per output) or
-`binary_data_output` (whole request). BYTES elements are a 4-byte little-endian
-length and the bytes.
+A thin adapter: the wire format is v2_codec's; each infer request takes the
+model's PredictionCore, as the API's own routes do (the same per-feature errors,
+coalescing, limits and metrics). Errors answer in the protocol's form, {"error": ...}.
+The health probes (/v2/health/*) are middleware (see middleware.HealthProbes).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-import typing as t
-from dataclasses import dataclass
-
 import bentoml
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sklearn_service import v2_codec
 from sklearn_service.errors import RequestError
-from sklearn_service.user_input import shown, shown_list
+from sklearn_service.prediction_core import PredictionCore
+from sklearn_service.user_input import shown
 
 ENDPOINT = "/v2/infer"  # the metrics label of every V2 inference request
-HEADER_LENGTH = "Inference-Header-Content-Length"
-NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-           "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-           "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
-DATATYPES = [*NUMERIC, "BYTES"]
-NONE = type(None)
-# JSON values each datatype takes; null is a missing value (validation decides whether that is allowed)
-JSON_TYPES = {**{d: {int, NONE} for d in NUMERIC if "INT" in d}, "BOOL": {bool, NONE}, "BYTES": {str, NONE},
-              "FP16": {int, float, NONE}, "FP32": {int, float, NONE}, "FP64": {int, float, NONE}}
-TENSOR_NAME = "input-0"  # what metadata calls the [N, F] tensor; any name not a feature's is taken
-FEATURE_DATATYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL"}
 
 
 def protocol_error(exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
 
-def _datatype(values: list) -> str:
-    """The datatype a list of labels travels as: strings as BYTES, booleans as BOOL, numbers as FP64."""
-    if all(isinstance(v, bool) for v in values):
-        return "BOOL"
-    return "FP64" if all(isinstance(v, (int, float)) for v in values) else "BYTES"
-
-
-# ---- reading a request ------------------------------------------------------------------------
-
-@dataclass
-class Tensor:
-    name: str
-    shape: list[int]
-    values: list
-
-
-class Binary:
-    """The raw bytes after the JSON header, handed out in input order."""
-
-    def __init__(self, data: bytes):
-        self.data, self.offset = data, 0
-
-    def take(self, size, where: str) -> bytes:
-        left = len(self.data) - self.offset
-        if type(size) is not int or not 0 <= size <= left:
-            raise RequestError("bad_binary_data", f"{where}binary_data_size must be a whole number of bytes "
-                                                  f"that the body still holds ({left}), got {_excerpt(repr(size))}")
-        self.offset += size
-        return self.data[self.offset - size:self.offset]
-
-    def check_used(self) -> None:
-        if self.offset != len(self.data):
-            raise RequestError("bad_binary_data", f"{len(self.data) - self.offset} bytes after the JSON header "
-                                                  "belong to no input's binary_data_size")
-
-
-# Every integer a client sends is bounded before it is used: shape dimensions are the
-# protocol's int64 (JSON integers only: not true/false, not 1.0); byte counts never exceed the
-# body; lengths in headers are ASCII digits (str.isdigit() also takes "²" and "١٢").
-MAX_DIMENSION = 2**63 - 1
-
-
-def _dimension(value) -> bool:
-    return type(value) is int and 0 <= value <= MAX_DIMENSION
-
-
-def ascii_int(text: str, limit: int) -> int | None:
-    """`text` as a whole number 0..limit when it is only ASCII digits (at most 19 of them), else None."""
-    if not 0 < len(text) <= 19 or not text.isascii() or not text.isdigit():
-        return None
-    value = int(text)
-    return value if value <= limit else None
-
-
-def _excerpt(value) -> str:
-    """A client's value, shortened for an error message (a 400-digit number is not repeated back)."""
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def split_body(headers, body: bytes) -> tuple[dict, Binary]:
-    """The JSON document and the binary tensor data after it (none without the header)."""
-    length = headers.get(HEADER_LENGTH)
-    if length is not None:
-        size = ascii_int(length, len(body))
-        if size is None:
-            raise RequestError("bad_binary_data", f"{HEADER_LENGTH} must be the JSON header's length within "
-                                                  f"the {len(body)}-byte body, got {length[:40]!r}")
-        body, binary = body[:size], body[size:]
-    else:
-        binary = b""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise RequestError("invalid_json", f"the request is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(document, dict):
-        raise RequestError("invalid_request", "the request must be a JSON object with `inputs`")
-    # JSON's \\uXXXX escapes can spell a lone surrogate, which UTF-8 cannot encode: the id (echoed
-    # back), a name or a BYTES value would fail only after predicting. Only such a body is walked.
-    try:
-        where = _unencodable(document) if LONE_SURROGATE.search(body) else None
-    except RecursionError:
-        raise RequestError("invalid_request", "the request is nested too deeply") from None
-    if where is not None:
-        raise RequestError("invalid_request", f"{where} holds a lone surrogate escape (such as \\ud800) "
-                                              "that is not text UTF-8 can encode")
-    return document, Binary(binary)
-
-
-LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # any surrogate escape; a paired one passes the walk
-
-
-def _unencodable(node, where: str = "the request") -> str | None:
-    """Where in the parsed document a string (or key) is not encodable as UTF-8, or None."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        here = f"{where}[{_excerpt(repr(key))}]" if isinstance(key, str) else f"{where}[{key}]"
-        for text in (key, value):
-            if isinstance(text, str):
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "a key of " + where if text is key else here
-        if (found := _unencodable(value, here)) is not None:
-            return found
-    return None
-
-
-def _parameters(spec: dict, where: str) -> dict:
-    parameters = spec.get("parameters")
-    if parameters is None:  # null is absent, as everywhere in a request
-        return {}
-    if not isinstance(parameters, dict):
-        raise RequestError("invalid_request", f"{where}parameters must be an object")
-    return parameters
-
-
-def read_input(spec, binary: Binary) -> Tensor:
-    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise RequestError("invalid_request", "each of `inputs` must be an object with a string `name`")
-    where = f"input {shown(spec['name'])}: "
-    datatype, shape = spec.get("datatype"), spec.get("shape")
-    if datatype not in DATATYPES:
-        raise RequestError("wrong_datatype", f"{where}unknown datatype {shown(datatype)}; one of {', '.join(DATATYPES)}")
-    if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_dimension(d) for d in shape):
-        raise RequestError("wrong_shape", f"{where}shape must be [N, features] or [N] with whole numbers "
-                                          f"0 to {MAX_DIMENSION}, got {_excerpt(shape)}")
-    count = math.prod(shape)
-    size = _parameters(spec, where).get("binary_data_size")
-    if size is not None:
-        values = _from_binary(binary.take(size, where), datatype, count, where)
-    else:
-        values = _from_json(spec.get("data"), datatype, len(shape), count, where)
-    return Tensor(spec["name"], shape, values)
-
-
-def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list:
-    if not isinstance(data, list):
-        raise RequestError("wrong_data", f"{where}data must be a list (flat or nested as the shape), "
-                                         f"got {type(data).__name__}")
-    for _ in range(ndim - 1):  # nested rows, flattened in row-major order
-        nested = [isinstance(v, list) for v in data]
-        if not any(nested):
-            break
-        if not all(nested):
-            raise RequestError("wrong_data", f"{where}data mixes lists and values")
-        data = [v for row in data for v in row]
-    if len(data) != count:
-        raise RequestError("wrong_shape", f"{where}data holds {len(data)} values, its shape needs {count}")
-    allowed = JSON_TYPES[datatype]
-    wrong = next((v for v in data if type(v) not in allowed), None)
-    if wrong is not None:
-        raise RequestError("wrong_datatype", f"{where}{datatype} data cannot hold {str(json.dumps(wrong))[:40]}")
-    if datatype == "BYTES":
-        return data
-    present = [v for v in data if v is not None]
-    try:  # as the declared type: FP32 rounds, out-of-range integers are refused
-        cast = iter(np.array(present, dtype=NUMERIC[datatype]).tolist())
-    except (OverflowError, ValueError) as exc:
-        raise RequestError("wrong_datatype", f"{where}values do not fit {datatype}: {shown(exc, 200)}") from None
-    return [None if v is None else next(cast) for v in data]
-
-
-def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list:
-    if datatype == "BYTES":
-        return _bytes_elements(raw, count, where)
-    dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
-    if len(raw) != count * dtype.itemsize:
-        raise RequestError("wrong_shape", f"{where}{len(raw)} bytes of {datatype} data, its shape needs "
-                                          f"{count} x {dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).tolist()
-
-
-def _bytes_elements(raw: bytes, count: int, where: str) -> list[str]:
-    values, offset = [], 0
-    while offset < len(raw):
-        size = int.from_bytes(raw[offset:offset + 4], "little")
-        if offset + 4 > len(raw) or offset + 4 + size > len(raw):
-            raise RequestError("bad_binary_data", f"{where}BYTES element {len(values)} runs past its data")
-        try:
-            values.append(raw[offset + 4:offset + 4 + size].decode())
-        except UnicodeDecodeError:
-            raise RequestError("wrong_datatype", f"{where}BYTES element {len(values)} is not UTF-8 text") from None
-        offset += 4 + size
-    if len(values) != count:
-        raise RequestError("wrong_shape", f"{where}{len(values)} BYTES elements, its shape needs {count}")
-    return values
-
-
-def _bytes_data(values: list) -> bytes:
-    encoded = [str(v).encode() for v in values]
-    return b"".join(len(e).to_bytes(4, "little") + e for e in encoded)
-
-
-def _received_rows(document: dict, binary: Binary) -> int:
-    """Rows a request carried, for the metrics of a refused one: the values its first input
-    actually holds (JSON data, or its share of the binary part) per row of its shape. Never
-    more than the body holds, nor than a valid shape says; 0 when unreadable."""
-    try:
-        spec = document["inputs"][0]
-        shape, data = spec.get("shape"), spec.get("data")
-        size = spec.get("parameters", {}).get("binary_data_size")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return 0
-    shape = shape if isinstance(shape, list) else []
-    claimed = shape[0] if shape and _dimension(shape[0]) else MAX_DIMENSION
-    width = shape[1] if len(shape) == 2 and _dimension(shape[1]) and shape[1] > 0 else 1
-    if type(size) is int and size >= 0:  # BYTES elements (or an unknown datatype's): 4 bytes at least
-        datatype = spec.get("datatype")
-        item = np.dtype(NUMERIC[datatype]).itemsize if isinstance(datatype, str) and datatype in NUMERIC else 4
-        rows = -(-(min(size, len(binary.data)) // item) // width)
-    elif isinstance(data, list):  # nested: one list per row; flat: width values per row
-        rows = len(data) if data and isinstance(data[0], list) else -(-len(data) // width)
-    else:
-        return 0
-    return min(claimed, rows)
-
-
-# ---- one inference ------------------------------------------------------------------------------
-
-class Inference:
-    """One V2 inference request against the running SklearnService: `rows` validates it (inside
-    _serve, so a refusal is counted like any other), `call` and `respond` predict and answer."""
-
-    def __init__(self, service, headers, body: bytes):
-        self.service = service
-        self.problem: RequestError | None = None
-        self.received_rows = 0
-        self.id: str | None = None
-        self.outputs: dict[str, bool] = {}  # output name -> whether it goes back as binary data
-        try:
-            self.document, self.binary = split_body(headers, body)
-            self.received_rows = _received_rows(self.document, self.binary)
-        except RequestError as exc:
-            self.problem = exc
-
-    def rows(self) -> np.ndarray:
-        if self.problem:
-            raise self.problem
-        document = self.document
-        self.id = document.get("id")
-        if self.id is not None and not isinstance(self.id, str):
-            raise RequestError("invalid_request", "id must be a string")
-        self.outputs = self._outputs(document.get("outputs"), _parameters(document, ""))
-        inputs = document.get("inputs")
-        if not isinstance(inputs, list) or not inputs:
-            raise RequestError("invalid_request", "inputs must be a non-empty list of tensors")
-        tensors = [read_input(spec, self.binary) for spec in inputs]
-        self.binary.check_used()
-        schema = self.service.schema
-        by_feature = any(tensor.name in schema.index for tensor in tensors)
-        rows = self._by_feature(tensors) if by_feature else self._one_tensor(tensors)
-        return schema.matrix(rows, self.service.max_rows)
-
-    def _outputs(self, requested, parameters: dict) -> dict[str, bool]:
-        available = model_outputs(self.service)
-        binary = parameters.get("binary_data_output") is True
-        if requested is None or requested == []:  # the protocol: none named, every output
-            return {o["name"]: binary for o in available}
-        names = [o["name"] for o in available]
-        if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
-            raise RequestError("invalid_request", "outputs must be a list of objects with a `name`")
-        chosen = {}
-        for output in requested:
-            if output.get("name") not in names:
-                raise RequestError("unknown_output", f"unknown output {str(output.get('name'))[:60]!r}; "
-                                                     f"this model has: {', '.join(names)}")
-            parameters = _parameters(output, f"output {output['name']!r}: ")
-            chosen[output["name"]] = parameters.get("binary_data", binary) is True
-        return chosen
-
-    def _one_tensor(self, tensors: list[Tensor]) -> list[list]:
-        width = len(self.service.schema.names)
-        if len(tensors) != 1:
-            raise RequestError("wrong_inputs", f"send one [N, {width}] tensor or one input per feature named as "
-                                               f"the model's features; got {len(tensors)} inputs named "
-                                               f"{shown_list([t.name for t in tensors], 5)}")
-        tensor = tensors[0]
-        if len(tensor.shape) != 2 or tensor.shape[1] != width:
-            raise RequestError("wrong_shape", f"input {shown(tensor.name)}: shape must be [N, {width}] (rows, features), "
-                                              f"got {tensor.shape}")
-        values = tensor.values
-        return [values[i:i + width] for i in range(0, len(values), width)]
-
-    def _by_feature(self, tensors: list[Tensor]) -> list[list]:
-        schema = self.service.schema
-        columns: dict[str, list] = {}
-        for tensor in tensors:
-            if tensor.name not in schema.index:
-                raise RequestError("unknown_feature", f"input {shown(tensor.name)} is not a feature of this model; "
-                                                      f"features: {schema.names[:10]}")
-            if tensor.name in columns:
-                raise RequestError("wrong_inputs", f"input {tensor.name!r} appears twice")
-            if len(tensor.shape) == 2 and tensor.shape[1] != 1:
-                raise RequestError("wrong_shape", f"input {tensor.name!r}: one feature's shape is [N] or [N, 1], "
-                                                  f"got {tensor.shape}")
-            columns[tensor.name] = tensor.values
-        lengths = {name: len(values) for name, values in columns.items()}
-        if len(set(lengths.values())) > 1:
-            raise RequestError("wrong_shape", f"inputs hold different numbers of rows: {lengths}")
-        missing = [f.name for f in schema.features if f.name not in columns and not f.nullable]
-        if missing:
-            raise RequestError("missing_feature", f"missing input(s) for feature(s) {missing[:5]}")
-        rows = next(iter(lengths.values()))
-        absent = [None] * rows  # features that may be missing and were left out
-        return [list(row) for row in zip(*(columns.get(name, absent) for name in schema.names))]
-
-    async def call(self, rows: np.ndarray) -> np.ndarray:
-        # other outputs come with predict from one runner call; predict is always the model's own
-        only_predict = set(self.outputs) <= {"predict"}
-        return await (self.service._predict if only_predict else self.service._predict_all)(rows)
-
-    def respond(self, out: np.ndarray) -> Response:
-        service = self.service
-        predicted = out[:, 0] if out.ndim == 2 else out
-        labels = predicted.tolist() if service.labels is None else [service.labels[int(i)] for i in predicted]
-        tensors = {"predict": ([len(labels)], labels)}
-        if out.ndim == 2:
-            for output in service.outputs[1:]:
-                values = out[:, service.columns[output]]
-                shape = [len(out)] if values.shape[1] == 1 else list(values.shape)
-                tensors[output] = (shape, values.ravel().tolist())
-        datatypes = {o["name"]: o["datatype"] for o in model_outputs(service)}
-        name, version = model_tag(service)
-        answer: dict[str, t.Any] = {"model_name": name, "model_version": version, "outputs": []}
-        if self.id is not None:
-            answer["id"] = self.id
-        chunks = []
-        for output, binary in self.outputs.items():
-            (shape, data), datatype = tensors[output], datatypes[output]
-            tensor: dict[str, t.Any] = {"name": output, "datatype": datatype, "shape": shape}
-            if binary:
-                chunks.append(_bytes_data(data) if datatype == "BYTES" else
-                              np.asarray(data, dtype=np.dtype(NUMERIC[datatype]).newbyteorder("<")).tobytes())
-                tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
-            else:
-                tensor["data"] = data
-            answer["outputs"].append(tensor)
-        if not chunks:
-            return JSONResponse(answer)
-        header = json.dumps(answer).encode()
-        return Response(header + b"".join(chunks), media_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(len(header))})
-
-
-# ---- metadata -----------------------------------------------------------------------------------
-
-def model_tag(service) -> tuple[str, str]:
-    name, _, version = service.metadata["tag"].partition(":")
-    return name, version
-
-
-def model_inputs(service) -> list[dict]:
-    """Numbers-only models: one [N, F] tensor; others: one input per feature (either form is taken)."""
-    signature = service.schema.signature
-    if signature.numeric_only:
-        return [{"name": TENSOR_NAME, "datatype": "FP64", "shape": [-1, len(signature.features)]}]
-    return [{"name": f.name, "datatype": _datatype(f.categories) if f.is_category else FEATURE_DATATYPES[f.kind],
-             "shape": [-1]} for f in signature.features]
-
-
-def model_outputs(service) -> list[dict]:
-    """What the model answers: predict, then predict_proba (classifiers that have it) or
-    score_samples (outlier detectors)."""
-    shapes = {"predict": [-1], "predict_proba": [-1, len(service.labels or ())], "score_samples": [-1]}
-    return [{"name": name, "datatype": "FP64" if name != "predict" or service.labels is None
-             else _datatype(service.labels), "shape": shapes[name]} for name in service.outputs]
-
-
-def _known_model(request: Request):
-    """The service when the path names its model (and version), else None."""
-    service = bentoml.get_current_service()
-    name, version = model_tag(service)
+def _model(request: Request) -> PredictionCore | None:
+    """The model the path names (and its version), None when it is not served here."""
     asked = request.path_params
-    return service if asked["name"] == name and asked.get("version", version) == version else None
+    return bentoml.get_current_service().model(asked["name"], asked.get("version"))
 
 
 def _unknown_model(request: Request) -> JSONResponse:
@@ -440,25 +44,24 @@ async def server_metadata(request: Request) -> JSONResponse:
 
 
 async def model_metadata(request: Request) -> JSONResponse:
-    service = _known_model(request)
-    if service is None:
+    core = _model(request)
+    if core is None:
         return _unknown_model(request)
-    name, version = model_tag(service)
-    return JSONResponse({"name": name, "versions": [version], "platform": "scikit-learn",
-                         "inputs": model_inputs(service), "outputs": model_outputs(service)})
+    return JSONResponse({"name": core.name, "versions": [core.version], "platform": "scikit-learn",
+                         "inputs": v2_codec.model_inputs(core.signature),
+                         "outputs": v2_codec.model_outputs(core.outputs, core.labels)})
 
 
 async def model_ready(request: Request) -> Response:
-    service = _known_model(request)
-    if service is None:
+    core = _model(request)
+    if core is None:
         return _unknown_model(request)
-    name, _ = model_tag(service)
-    ready = await _runner_ready(service)
-    return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+    ready = await runner_ready(bentoml.get_current_service().runner)
+    return JSONResponse({"name": core.name, "ready": ready}, status_code=200 if ready else 503)
 
 
-async def _runner_ready(service) -> bool:
-    is_ready = getattr(service.runner, "is_ready", None)  # a runner in its own process: ask it, as /readyz does
+async def runner_ready(runner) -> bool:
+    is_ready = getattr(runner, "is_ready", None)  # a runner in its own process: ask it, as /readyz does
     try:
         return is_ready is None or await is_ready(5)
     except Exception:  # unreachable (restarting): not ready
@@ -466,12 +69,22 @@ async def _runner_ready(service) -> bool:
 
 
 async def infer(request: Request) -> Response:
-    service = _known_model(request)
-    if service is None:
+    core = _model(request)
+    if core is None:
         return _unknown_model(request)
-    inference = Inference(service, request.headers, await request.body())
-    return await service._serve(ENDPOINT, inference.received_rows, inference.rows, inference.call,
-                                inference.respond, error=protocol_error)
+    headers, body = request.headers, await request.body()
+    try:
+        try:
+            inference = v2_codec.decode_request(headers, body, core.outputs)
+            rows = v2_codec.rows(inference, core.signature)
+        except RequestError as exc:
+            raise core.refuse(ENDPOINT, exc, v2_codec.received_rows(headers, body)) from None
+        answer = await core.answer(ENDPOINT, rows, outputs=inference.outputs)
+    except RequestError as exc:
+        return protocol_error(exc)
+    tensors = v2_codec.output_tensors(inference.outputs, answer.predictions, answer.outputs, core.labels)
+    content, answer_headers = v2_codec.encode_response(core.name, core.version, inference.id, tensors)
+    return Response(content, headers=answer_headers)
 
 
 MODEL = "/v2/models/{name}"
@@ -482,30 +95,3 @@ app = Starlette(routes=[
     *[Route(path + "/ready", model_ready) for path in (MODEL, VERSION)],
     *[Route(path + "/infer", infer, methods=["POST"]) for path in (MODEL, VERSION)],
 ])
-
-
-class HealthProbes:
-    """ASGI middleware: /v2/health/live and /v2/health/ready answer as the service's own /livez and
-    /readyz (runner alive, runner ready) do, and like them open without an API key, for probes;
-    the body is the protocol's {"live": true} / {"ready": true} (KServe's client reads it; Triton's
-    reads the status)."""
-
-    ALIASES = {"/v2/health/live": ("/livez", "live"), "/v2/health/ready": ("/readyz", "ready")}
-    ROUTES = tuple(ALIASES)  # paths it serves, for the endpoint label of BentoML's metrics
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.ALIASES:
-            return await self.app(scope, receive, send)
-        path, key = self.ALIASES[scope["path"]]
-        status = 503
-
-        async def keep_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        await self.app({**scope, "path": path, "raw_path": path.encode()}, receive, keep_status)
-        await JSONResponse({key: status == 200}, status_code=status)(scope, receive, send)

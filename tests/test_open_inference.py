@@ -186,37 +186,15 @@ def tensor(shape, data, datatype="FP64", name="input-0", **extra) -> dict:
 ROW = [1.0] * 30
 
 
+# The full table of bad requests runs in-process (test_v2_codec); these prove each stage answers in the
+# protocol's form through a real server: the codec, the row mapping, validation, outputs.
 @pytest.mark.parametrize("body, words", [
-    (tensor([1, 29], [1.0] * 29), "shape must be [N, 30]"),
     (tensor([1, 30], [1.0] * 29), "data holds 29 values, its shape needs 30"),
-    (tensor([2, 30], [ROW, [1.0] * 29]), "data holds 59 values, its shape needs 60"),
-    (tensor([-1, 30], ROW), "shape must be"),
-    (tensor([10 ** 12, 30], ROW), "data holds 30 values, its shape needs 30000000000000"),
-    (tensor([1, 30, 1], ROW), "shape must be"),
-    (tensor("1,30", ROW), "shape must be"),
-    (tensor([1, 30], "1.0, 2.0"), "data must be a list"),
-    (tensor([1, 30], {"a": 1}), "data must be a list"),
-    (tensor([1, 30], [ROW[:15], *ROW[15:]]), "mixes lists and values"),
-    (tensor([1, 30], ROW, datatype="FP128"), "unknown datatype 'FP128'"),
-    (tensor([1, 30], ["1.0"] * 30), 'FP64 data cannot hold "1.0"'),
-    (tensor([1, 30], [1.5] * 30, datatype="INT64"), "INT64 data cannot hold 1.5"),
-    (tensor([1, 30], [300] * 30, datatype="UINT8"), "do not fit UINT8"),
-    (tensor([1, 30], [True] * 30, datatype="BOOL"), "feature 'mean radius' must be a number, got a boolean"),
-    (tensor([1, 30], [None] * 30), "feature 'mean radius' may not be missing"),
-    (tensor([1, 30], [1e300] * 30, datatype="FP32"), "not a finite number"),
-    (tensor([0, 30], []), "at least one row"),
-    (tensor([1, 30], ROW, outputs=[{"name": "classes"}]),
-     "unknown output 'classes'; this model has: predict, predict_proba"),
-    (tensor([1, 30], ROW, outputs="predict"), "outputs must be a list"),
-    (tensor([1, 30], ROW, id=7), "id must be a string"),
-    (tensor([1, 30], ROW, id="\ud800"), "the request['id'] holds a lone surrogate"),
-    (tensor([1, 30], ["\udfff"] * 30, datatype="BYTES"), "['data'][0] holds a lone surrogate"),
-    (tensor([1, 30], ROW, parameters=[]), "parameters must be an object"),
-    ({"inputs": []}, "inputs must be a non-empty list"),
-    ({"inputs": [{"shape": [1, 30]}]}, "with a string `name`"),
-    ({"inputs": [tensor([1, 30], ROW)["inputs"][0]] * 2}, "send one [N, 30] tensor or one input per feature"),
     ({"inputs": [{"name": "mean radius", "shape": [1], "datatype": "FP64", "data": [1.0]}]},
      "missing input(s) for feature(s) ['mean texture'"),
+    (tensor([1, 30], [None] * 30), "feature 'mean radius' may not be missing"),
+    (tensor([1, 30], ROW, outputs=[{"name": "classes"}]),
+     "unknown output 'classes'; this model has: predict, predict_proba"),
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_requests_are_400_naming_the_problem(server, model, body, words):
@@ -240,22 +218,7 @@ def binary_request(server, model, header: dict, raw: bytes, length: str | None =
                          headers={"Inference-Header-Content-Length": length or str(len(text))})
 
 
-@pytest.mark.parametrize("size, raw, length, words", [
-    (240, np.ones(30).tobytes(), "99999", "Inference-Header-Content-Length must be"),
-    (240, np.ones(30).tobytes(), "-5", "Inference-Header-Content-Length must be"),
-    (480, np.ones(30).tobytes(), None, "binary_data_size must be a whole number of bytes that the body still holds"),
-    (240, np.ones(31).tobytes(), None, "8 bytes after the JSON header belong to no input"),
-    (232, np.ones(29).tobytes(), None, "232 bytes of FP64 data, its shape needs 30 x 8"),
-    ("240", np.ones(30).tobytes(), None, "binary_data_size must be"),
-])
-def test_bad_binary_data_is_400(server, model, size, raw, length, words):
-    header = {"inputs": [{"name": "input-0", "shape": [1, 30], "datatype": "FP64",
-                          "parameters": {"binary_data_size": size}}]}
-    response = binary_request(server, model, header, raw, length)
-    assert response.status_code == 400 and words in response.json()["error"], response.text
-
-
-@pytest.mark.parametrize("length", ["\u00b2", "\u0661\u0662", "\uff11\uff12", "9" * 400, "1" + "0" * 19, "+12", "-0",
+@pytest.mark.parametrize("length", ["\u00b2", "\u0661\u0662", "9" * 400, "-0",
                                     "1e3", "0x10", "12.0", ""], ids=lambda v: ascii(v)[:12])
 def test_header_length_takes_only_bounded_ascii_digits(server, model, length):
     """str.isdigit() takes '²' (int() then raised: a 500) and Arabic-Indic or full-width digits
@@ -269,8 +232,6 @@ def test_header_length_takes_only_bounded_ascii_digits(server, model, length):
                              headers={"Inference-Header-Content-Length": raw})
     assert response.status_code == 400, response.text
     assert "Inference-Header-Content-Length must be" in response.json()["error"]
-    with pytest.raises(RequestError, match="Inference-Header-Content-Length must be"):  # as any text
-        open_inference.split_body({"Inference-Header-Content-Length": length}, text)
 
 
 @pytest.mark.parametrize("shape", [[10 ** 400, 30], [1, 10 ** 400], [2 ** 63, 30], [True, 30], [1, True],
@@ -385,7 +346,7 @@ def test_an_unreachable_runner_is_not_ready():
         async def is_ready(self, timeout):
             raise ConnectionError("refused")
 
-    assert asyncio.run(open_inference._runner_ready(SimpleNamespace(runner=Runner()))) is False
+    assert asyncio.run(open_inference.runner_ready(Runner())) is False
 
 
 @pytest.fixture(scope="module")
@@ -477,56 +438,7 @@ def test_mixed_model_raw_columns_with_missing_values_and_errors(penguins):
     assert "different numbers of rows" in v2(penguins, path, uneven).json()["error"]
 
 
-@pytest.mark.parametrize("body, where", [
-    (b'{"id": "\\ud800", "inputs": []}', "the request['id']"),
-    (b'{"inputs": [{"name": "a\\udBFF", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}', "the request['inputs'][0]['name']"),
-    (b'{"inputs": [], "parameters": {"\\uDC00": 1}}', "a key of the request['parameters']"),
-])
-def test_text_utf8_cannot_encode_is_refused_before_predicting(body, where):
-    """A lone surrogate (legal in JSON escapes) would fail only when the answer is encoded, after the
-    prediction was made and counted."""
-    inference = open_inference.Inference(SimpleNamespace(schema=None, labels=None, outputs=("predict",)), {}, body)
-    with pytest.raises(RequestError, match="lone surrogate") as refused:
-        inference.rows()
-    assert refused.value.status == 400 and str(refused.value).startswith(where)
-    assert inference.id is None
-    # a paired surrogate escape is one character, and passes
-    assert open_inference.split_body({}, b'{"id": "\\ud83d\\ude00"}')[0]["id"] == "\U0001f600"
-
-
-def _service():
-    from sklearn_service.signature import Feature, Signature
-    from sklearn_service.validation import RowEncoder
-
-    signature = Signature([Feature("island", "category", "object", False, ["Biscoe", "Dream"]),
-                           Feature("bill", "number", "float64", False)], takes_frame=True)
-    return SimpleNamespace(schema=RowEncoder(signature, reject_unseen=True), max_rows=10, labels=None,
-                           outputs=("predict",))
-
-
 HUGE = "x" * 1_000_000
-BIG_NUMBER = "9" * 4000
-
-
-@pytest.mark.parametrize("body", [
-    {"inputs": [{"name": HUGE, "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}]},          # unknown input
-    {"inputs": [{"name": "t", "datatype": HUGE, "shape": [1, 2], "data": [1, 2]}]},             # datatype
-    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 3], "data": [1, 2, 3]}]},        # one tensor
-    {"inputs": [{"name": HUGE + str(i), "datatype": "FP64", "shape": [1], "data": [1]} for i in range(9)]},
-    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": [HUGE]},
-                {"name": "bill", "datatype": "FP64", "shape": [1], "data": [1.0]}]},            # unknown category
-    {"inputs": [{"name": "island", "datatype": "BYTES", "shape": [1], "data": ["Dream"]},
-                {"name": HUGE, "datatype": "FP64", "shape": [1], "data": [1.0]}]},              # unknown feature
-    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "outputs": [{"name": HUGE}]},
-    {"inputs": [{"name": "t", "datatype": "FP64", "shape": [1, 2], "data": [1, 2]}], "id": HUGE, "x": "\ud800"},
-    {"inputs": [{"name": "t", "datatype": "UINT8", "shape": [1, 2], "data": [1, BIG_NUMBER]}]},
-])
-def test_v2_error_messages_stay_short_whatever_the_client_sent(body):
-    text = json.dumps(body).replace(f'"{BIG_NUMBER}"', BIG_NUMBER).encode()  # a 4,000-digit JSON integer
-    inference = open_inference.Inference(_service(), {}, text)
-    with pytest.raises(RequestError) as info:
-        inference.rows()
-    assert len(str(info.value)) < 1000, str(info.value)[:300]
 
 
 def test_an_unknown_model_in_the_path_is_not_repeated_in_full():
