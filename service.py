@@ -22,7 +22,7 @@ from sklearn_service import config, model_check, open_inference, patches
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard
 from sklearn_service.prediction_core import PredictionCore
-from sklearn_service.schemas import Prediction, Predictions, Probabilities, row_type
+from sklearn_service.schemas import JsonArray, Prediction, Predictions, Probabilities, row_type
 from sklearn_service.user_input import shown
 
 patches.apply()
@@ -59,11 +59,11 @@ class ModelRunner:
     # the model raises on is searched for its bad rows in one). Rows arrive encoded (see
     # signature.py); classifiers answer class indices.
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, rows: np.ndarray) -> JsonArray:
         return await self.model.serve_async("predict", rows)
 
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
-    async def predict_all(self, rows: np.ndarray) -> np.ndarray:
+    async def predict_all(self, rows: np.ndarray) -> JsonArray:
         """predict in column 0, then the model's other outputs (model_check.output_columns)."""
         return await self.model.serve_async("predict_all", rows)
 
