@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_service.model_checks import install_hint, missing_requirements, values_per_row
-from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.category_codes import UNSEEN_CODE
+from sklearn_service.signature import Signature
 
 FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
 ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environment variable

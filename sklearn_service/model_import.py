@@ -19,10 +19,12 @@ import sklearn
 
 from sklearn_service import skops_load
 from sklearn_service.model_checks import install_hint, missing_module, required_libraries, values_per_row
-from sklearn_service.signature import UNSEEN_LABEL, Signature, infer_kind
-from sklearn_service.training import DataError, TrainingResult, check_target, holdout_metrics, read_csv
-from sklearn_service.training import reference_sample, versions
-from sklearn_service.user_input import Limits, name_problem, shown, shown_list
+from sklearn_service.category_codes import UNSEEN_LABEL
+from sklearn_service.csv_data import check_target, read_csv
+from sklearn_service.model_store import TrainingResult, holdout_metrics, reference_sample, versions
+from sklearn_service.profiling import infer_kind
+from sklearn_service.signature import Signature
+from sklearn_service.user_input import DataError, Limits, name_problem, shown, shown_list
 
 SAFE_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
