@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from sklearn_service.model_checks import children, missing_module
+from sklearn_service.model_requirements import children, missing_module
 from sklearn_service.user_input import DataError, shown, shown_list
 
 TREE = "sklearn.tree._tree.Tree"
