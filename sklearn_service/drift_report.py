@@ -63,7 +63,7 @@ def _codes(column: pd.Series, categories: list) -> np.ndarray:
 
 
 def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """A table of decoded values as the service encodes rows (signature.py), and its target column.
+    """A table of decoded values as the service encodes rows (category_codes.py), and its target column.
     A feature the log never holds (every value null, so a log line may leave it out) is all missing."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *signature.names])))
     rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
