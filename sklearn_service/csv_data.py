@@ -26,6 +26,7 @@ MIN_ROWS = 10
 
 @dataclass
 class Dataset:
+    """Training data: the features as the model is fitted on them, the target, where they came from."""
     X: pd.DataFrame  # as the model is fitted on it: numbers float64, categories object (str) with NaN
     y: pd.Series
     source: str

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sklearn_service.drift import DriftMonitor
 from sklearn_service.category_codes import is_unseen
+from sklearn_service.drift import DriftMonitor
 from sklearn_service.signature import Signature
 
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.

@@ -13,8 +13,8 @@ from itertools import chain
 
 import numpy as np
 
-from sklearn_service.errors import RequestError
 from sklearn_service.category_codes import UNSEEN_CODE, code_table
+from sklearn_service.errors import RequestError
 from sklearn_service.signature import Feature, Signature
 from sklearn_service.user_input import shown, shown_list
 
