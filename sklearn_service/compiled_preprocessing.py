@@ -10,7 +10,7 @@ its output columns, or None when it cannot reproduce scikit-learn exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.compose import ColumnTransformer

@@ -118,7 +118,8 @@ def format_summary(summary: pd.DataFrame, rows: int) -> str:
     table = shown.drop(columns="values").to_string(
         index=False, formatters={"statistic": "{:.3f}".format, "p_value": "{:.2g}".format, "psi": "{:.3f}".format})
     drifted = summary.loc[summary["drifted"], "feature"].tolist()
-    verdict = f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted else f"no drift (every PSI <= {THRESHOLD})"
+    verdict = (f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted
+               else f"no drift (every PSI <= {THRESHOLD})")
     if empty.any():
         verdict += f"\n{NO_VALUES}: {', '.join(summary.loc[empty, 'feature'])}"
     return f"{rows} logged rows against the training reference\n{table}\n{verdict}"

@@ -13,7 +13,6 @@ import hashlib
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import sklearn
 
@@ -169,6 +168,7 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
                 feature.unseen_categories = "refused"
         sample = reference_sample(X, y)
     final = model.steps[-1][1] if hasattr(model, "steps") else model
+    reference_facts = {"reference_data": str(reference), "reference_rows": len(sample)} if sample is not None else {}
     metadata = {
         "task": task,
         "model_kind": type(final).__name__,
@@ -177,7 +177,7 @@ def import_model(path: str | Path, trust_pickle: bool = False, reference: str | 
         "training": {"source": "imported", "file": path.name, "file_sha256": file_sha256(path),
                      "format": "skops" if path.suffix.lower() in SAFE_SUFFIXES else "pickle",
                      "made_with_scikit_learn": made_with,
-                     **({"reference_data": str(reference), "reference_rows": len(sample)} if sample is not None else {})},
+                     **reference_facts},
         "versions": versions(),
         "requires": required_libraries(model),
     }

@@ -20,7 +20,8 @@ def signature_from_frame(X: pd.DataFrame, task: str, classes=None, takes_frame: 
     """From training or reference data (a DataFrame whose columns are the model's features)."""
     kinds = kinds or {}
     features = [_describe_column(str(name), X[name], kinds.get(str(name))) for name in X.columns]
-    return Signature(features, task, json_list(classes), takes_frame, _example_row(X, {f.name: f.kind for f in features}),
+    example = _example_row(X, {f.name: f.kind for f in features})
+    return Signature(features, task, json_list(classes), takes_frame, example,
                      _target_stats(y, task, classes) if y is not None else None)
 
 

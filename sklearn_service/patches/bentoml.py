@@ -14,7 +14,7 @@ import logging
 import random
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import bentoml.serving
 
@@ -82,7 +82,7 @@ async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
     task.add_done_callback(finished)
     try:
         await waiter
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if task.cancel():
             message = f"Not able to process the request in {self.timeout} seconds"
             await JSONResponse({"error": message}, status_code=504)(scope, receive, send)

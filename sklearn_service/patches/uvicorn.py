@@ -147,7 +147,8 @@ def _install_drain_without_resets() -> None:
             return protocol_shutdown(self)  # answers with Connection: close, then closes
         self.draining = True
         if self.scope is None and self.timeout_keep_alive_task is None:  # nothing received yet
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
 
     def start_request(self: HttpToolsProtocol, cycle, app) -> None:
         if getattr(self, "draining", False):
