@@ -72,7 +72,7 @@ def describe(signature: Signature) -> list[str]:
     """One line per feature, for people."""
     lines = []
     for f in signature.features:
-        extra = f"{len(f.categories)} categories" if f.is_category else \
+        extra = f"{len(f.category_list)} categories" if f.is_category else \
             (f"{f.stats['min']:g} .. {f.stats['max']:g}" if f.stats else "")
         lines.append(f"  {f.name}: {f.kind}{', missing values' if f.nullable else ''}{', ' + extra if extra else ''}")
     return lines

@@ -12,6 +12,7 @@ import csv
 import io
 import lzma
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def as_category(column: pd.Series) -> pd.Series:
     return column.map(text, na_action="ignore").astype(object).where(column.notna(), np.nan)
 
 
-def prepare_features(features: pd.DataFrame, categorical: list[str] = ()) -> tuple[pd.DataFrame, dict, list]:
+def prepare_features(features: pd.DataFrame, categorical: Sequence[str] = ()) -> tuple[pd.DataFrame, dict, list]:
     """Kinds per column, the frame as the model takes it, and warnings for people."""
     kinds = {str(c): "category" if c in categorical else infer_kind(features[c]) for c in features.columns}
     warnings, columns = [], {}
@@ -124,7 +125,7 @@ def prepare_features(features: pd.DataFrame, categorical: list[str] = ()) -> tup
     return pd.DataFrame(columns, index=features.index), kinds, warnings
 
 
-def load_csv_dataset(path: str | Path, target: str, categorical: list[str] = (), drop: list[str] = (),
+def load_csv_dataset(path: str | Path, target: str, categorical: Sequence[str] = (), drop: Sequence[str] = (),
                      limits: Limits = Limits()) -> Dataset:
     frame = read_csv(path, limits)
     check_target(frame, target, path)

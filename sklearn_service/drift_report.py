@@ -66,7 +66,7 @@ def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.n
     """A table of decoded values as the service encodes rows (category_codes.py), and its target column.
     A feature the log never holds (every value null, so a log line may leave it out) is all missing."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *signature.names])))
-    rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
+    rows = np.column_stack([_codes(frame[f.name], f.category_list) if f.is_category else _numbers(frame[f.name])
                             for f in signature.features])
     y = frame[target] if target in frame else pd.Series(np.nan, index=frame.index)
     labels = _codes(y, signature.classes) if signature.classes is not None else _numbers(y)
@@ -103,9 +103,9 @@ def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFra
         by_category = signature.classes is not None if source is None else \
             signature.features[source].is_category or signature.features[source].kind == "boolean"
         segment = (bins.column == j) & bins.counted
-        values = (ref_counts[segment], cur_counts[segment]) if by_category else \
+        reference_values, current_values = (ref_counts[segment], cur_counts[segment]) if by_category else \
             ((ref_y, cur_y) if source is None else (ref_rows[:, source], cur_rows[:, source]))
-        test, statistic, p_value = _test(*values, by_category)
+        test, statistic, p_value = _test(reference_values, current_values, by_category)
         logged = int(np.count_nonzero(~np.isnan(cur_y if source is None else cur_rows[:, source])))
         lines.append({"feature": name, "values": logged, "test": test, "statistic": statistic, "p_value": p_value,
                       "psi": float(psi[j]), "drifted": bool(logged and psi[j] > THRESHOLD)})

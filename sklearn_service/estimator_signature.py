@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sklearn_service.category_codes import is_missing_value
-from sklearn_service.signature import Feature, Signature, json_list
+from sklearn_service.signature import Feature, Signature, json_list, json_value
 
 
 def signature_from_estimator(model) -> Signature:
@@ -26,7 +26,7 @@ def signature_from_estimator(model) -> Signature:
     classes = getattr(model, "classes_", None)
     task = "classification" if classes is not None else "regression"
     signature = Signature(features, task, json_list(classes), hasattr(model, "feature_names_in_"))
-    signature.example = {f.name: f.categories[0] if f.is_category else 0.0 for f in features}
+    signature.example = {f.name: f.category_list[0] if f.is_category else 0.0 for f in features}
     return signature
 
 
@@ -42,6 +42,6 @@ def _encoded_categories(model, names: list[str]) -> dict[str, list]:
                 continue
             columns = [names[c] if isinstance(c, (int, np.integer)) else str(c) for c in columns]
             if len(columns) == len(encoder.categories_):
-                found.update({c: json_list(cats) for c, cats in zip(columns, encoder.categories_)})
+                found.update({c: [json_value(v) for v in cats] for c, cats in zip(columns, encoder.categories_)})
         break  # only the first step sees the model's own features
     return found

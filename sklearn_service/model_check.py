@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_service.category_codes import UNSEEN_CODE
-from sklearn_service.model_requirements import install_hint, missing_requirements, values_per_row
+from sklearn_service.model_requirements import install_hint, missing_requirements, stored_requirements, values_per_row
 from sklearn_service.signature import Signature
 
 FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
@@ -65,7 +65,7 @@ class ModelFacts:
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelFacts":
-        return cls(Signature.from_metadata({"signature": data["signature"]}), data["model_kind"],
+        return cls(Signature.from_dict(data["signature"]), data["model_kind"],
                    tuple(data["outputs"]))
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
     # by its folder: inside a bento the model lies in the bento's own store, not BENTOML_HOME's
     stored = bentoml.models.Model.from_path(argv[0]) if os.path.isdir(argv[0]) else bentoml.models.get(argv[0])
-    if missing := missing_requirements(stored.info.metadata.get("requires", {})):  # before loading fails on it
+    if missing := missing_requirements(stored_requirements(stored.info.metadata)):  # before loading fails on it
         print(f"model {stored.tag} cannot be loaded: {missing}", file=sys.stderr)
         return REFUSED
     try:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sklearn
@@ -52,9 +54,10 @@ def _load_pickle(path: Path, trust_pickle: bool):
             from None
 
 
-def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: list[str] = (),
-                    max_bytes: int = Limits.max_model_bytes) -> tuple[object, str]:
-    """The model and the scikit-learn version it was made with."""
+def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: Sequence[str] = (),
+                    max_bytes: int = Limits.max_model_bytes) -> tuple[Any, str]:
+    """The model (whatever the file holds: check_estimator() says whether it is one) and the
+    scikit-learn version it was made with."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"model file not found: {shown(path)}")
@@ -66,7 +69,7 @@ def load_model_file(path: str | Path, trust_pickle: bool = False, trust_types: l
         model = skops_load.load(path, trust_types, max_bytes) if suffix in SAFE_SUFFIXES else \
             _load_pickle(path, trust_pickle)
     made_with = next((str(w.message.original_sklearn_version) for w in caught
-                      if issubclass(w.category, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
+                      if isinstance(w.message, sklearn.exceptions.InconsistentVersionWarning)), sklearn.__version__)
     return model, made_with
 
 
@@ -126,7 +129,7 @@ def _refuses_unseen(model, X: pd.DataFrame, column: str) -> bool:
 
 
 def import_model(path: str | Path, trust_pickle: bool = False, reference: str | Path | None = None,
-                 target: str | None = None, trust_types: list[str] = (),
+                 target: str | None = None, trust_types: Sequence[str] = (),
                  limits: Limits = Limits()) -> tuple[TrainingResult, list[str]]:
     path = Path(path)
     model, made_with = load_model_file(path, trust_pickle, trust_types, limits.max_model_bytes)

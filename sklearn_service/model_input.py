@@ -36,13 +36,15 @@ def to_model_input(signature: "Signature", X: np.ndarray):
         column = X[:, i]
         missing = np.isnan(column)
         if f.is_category:
-            columns[f.name] = pd.Series(decode(column, f.categories, unseen_value(f.categories), np.nan), dtype=object)
+            categories = f.category_list
+            columns[f.name] = pd.Series(decode(column, categories, unseen_value(categories), np.nan), dtype=object)
         elif f.dtype == "int64" and not missing.any():
             columns[f.name] = column.astype(np.int64)
         elif f.dtype == "bool" and not missing.any():
             columns[f.name] = column.astype(bool)
-        elif f.dtype == "bool":
-            columns[f.name] = pd.Series(np.where(missing, None, column.astype(bool)), dtype=object).fillna(np.nan)
+        elif f.dtype == "bool":  # numpy's stubs lack np.where(..., None, ...), which makes an object array
+            values = np.where(missing, None, column.astype(bool))  # type: ignore[call-overload]
+            columns[f.name] = pd.Series(values, dtype=object).fillna(np.nan)
         else:
             columns[f.name] = column
     return pd.DataFrame(columns)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -75,6 +77,11 @@ def install_hint(module: str) -> str:
     if root in EXTRAS:
         return f"pip install -r {EXTRAS[root]}"
     return f"install the package that provides {root!r} where the service runs"
+
+
+def stored_requirements(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """What a stored model's metadata says it requires: module -> requirement, as required_libraries() wrote it."""
+    return cast(dict[str, str], metadata.get("requires", {}))
 
 
 def missing_requirements(requires: dict[str, str]) -> str | None:

@@ -69,7 +69,7 @@ class TrainingResult:
 
     @property
     def signature(self) -> Signature:
-        return Signature.from_metadata(self.metadata)
+        return Signature.from_dict(self.metadata["signature"])
 
 
 def save_to_store(model, metadata: dict, name: str, reference: pd.DataFrame | None = None, labels: dict | None = None):

@@ -85,9 +85,9 @@ def decoded_columns(signature: Signature, rows: np.ndarray) -> dict[str, list]:
     for i, f in enumerate(signature.features):
         column = rows[:, i]
         if f.is_category:
-            columns[f.name] = decode(column, f.categories, UNSEEN_TEXT, None).tolist()
-        else:
-            columns[f.name] = np.where(np.isnan(column), None, column).tolist()
+            columns[f.name] = decode(column, f.category_list, UNSEEN_TEXT, None).tolist()
+        else:  # numpy's stubs lack np.where(..., None, ...), which makes an object array
+            columns[f.name] = np.where(np.isnan(column), None, column).tolist()  # type: ignore[call-overload]
     return columns
 
 

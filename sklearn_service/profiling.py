@@ -90,5 +90,5 @@ def _example_row(X: pd.DataFrame, kinds: dict) -> dict:
     complete = X.dropna()
     row = (complete if len(complete) else X).iloc[0]
     convert = {"boolean": bool, "integer": int}
-    return {str(k): convert.get(kinds.get(str(k)), lambda v: v)(json_value(v))
+    return {str(k): convert.get(kinds.get(str(k), "number"), lambda v: v)(json_value(v))
             for k, v in row.items() if not is_missing_value(v)}

@@ -38,6 +38,13 @@ class Feature:
     def is_category(self) -> bool:
         return self.kind == "category"
 
+    @property
+    def category_list(self) -> list:
+        """The categories of a category feature, in code order (every category feature has them)."""
+        if self.categories is None:
+            raise ValueError(f"feature {self.name!r} has no categories: it is a {self.kind} feature")
+        return self.categories
+
 
 @dataclass
 class Signature:
@@ -68,9 +75,7 @@ class Signature:
     def from_metadata(cls, metadata: dict) -> "Signature | None":
         """The stored signature; None when the model was saved without one."""
         if "signature" in metadata:
-            data = dict(metadata["signature"])
-            data["features"] = [Feature(**f) for f in data["features"]]
-            return cls(**data)
+            return cls.from_dict(metadata["signature"])
         if "feature_names" in metadata:  # models saved before signatures: every feature a number
             stats = metadata.get("feature_stats", {})
             return cls([Feature(n, stats=stats.get(n)) for n in metadata["feature_names"]],
@@ -78,12 +83,19 @@ class Signature:
                        list(range(len(metadata["class_names"]))) if metadata.get("class_names") else None)
         return None
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Signature":
+        """From its to_metadata() form."""
+        data = dict(data)
+        data["features"] = [Feature(**f) for f in data["features"]]
+        return cls(**data)
+
     def add_known_categories(self, inferred: "Signature") -> None:
         """Categories the model's encoders know but the reference rows lack (share 0): without
         them such a value would be served as unseen, not as the model knows it."""
-        known = {f.name: f.categories for f in inferred.features if f.is_category}
+        known = {f.name: f.category_list for f in inferred.features if f.is_category}
         for f in self.features:
-            extra = [c for c in known.get(f.name, []) if f.is_category and c not in f.categories]
+            extra = [c for c in known.get(f.name, []) if f.is_category and c not in f.category_list]
             f.categories = f.categories and [*f.categories, *extra]
             f.category_shares = f.category_shares and [*f.category_shares, *[0.0] * len(extra)]
 
@@ -102,12 +114,12 @@ class Signature:
 
     def example_matrix(self) -> np.ndarray:
         """The example row, encoded as the runner receives rows."""
-        row = [encode([self.example[f.name]], f.categories)[0] if f.is_category and f.name in self.example
+        row = [encode([self.example[f.name]], f.category_list)[0] if f.is_category and f.name in self.example
                else float(self.example.get(f.name, np.nan)) for f in self.features]
         return np.array([row])
 
     def category_columns(self) -> dict[int, list]:
-        return {i: f.categories for i, f in enumerate(self.features) if f.is_category}
+        return {i: f.category_list for i, f in enumerate(self.features) if f.is_category}
 
     # ---- the runner side: encoded matrix -> model input ---------------------------------
     def to_model_input(self, X: np.ndarray):
@@ -120,8 +132,8 @@ class Signature:
         properties = {}
         for f in self.features:
             if f.is_category:
-                prop: dict = {"type": "string" if all(isinstance(c, str) for c in f.categories) else
-                              ["string", "number"], "enum": list(f.categories)}
+                prop: dict = {"type": "string" if all(isinstance(c, str) for c in f.category_list) else
+                              ["string", "number"], "enum": list(f.category_list)}
             else:
                 prop = {"type": {"number": "number", "integer": "integer", "boolean": "boolean"}[f.kind]}
                 if f.stats and f.kind != "boolean":

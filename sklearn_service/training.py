@@ -4,6 +4,8 @@ metadata the model is stored with (model_store.py). Reading a CSV into a Dataset
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from sklearn.datasets import load_breast_cancer
@@ -60,8 +62,8 @@ def _estimator(kind: str, task: str, seed: int, categorical_at: list[int] | None
         categorical_features=categorical_at or None, random_state=seed)
 
 
-def build_pipeline(kind: str, task: str, seed: int, numeric: list[str] | None = None,
-                   categorical: list[str] = ()) -> Pipeline:
+def build_pipeline(kind: str, task: str, seed: int, numeric: Sequence[str] = (),
+                   categorical: Sequence[str] = ()) -> Pipeline:
     """Numbers: median imputation (and scaling for linear models). With categories (a DataFrame
     pipeline): most-frequent imputation and one-hot encoding that ignores unseen values, or for
     HistGradientBoosting its native categorical support on ordinal codes (unseen = missing)."""
@@ -74,14 +76,15 @@ def build_pipeline(kind: str, task: str, seed: int, numeric: list[str] | None = 
         return Pipeline([*number_steps, ("model", _estimator(kind, task, seed))])
     if kind == "hist_gradient_boosting":
         prepare = ColumnTransformer([
-            ("num", "passthrough", numeric),
+            ("num", "passthrough", list(numeric)),
             ("cat", OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan,
                                    encoded_missing_value=np.nan), list(categorical))])
         at = list(range(len(numeric), len(numeric) + len(categorical)))
         return Pipeline([("prepare", prepare), ("model", _estimator(kind, task, seed, at))])
     categories = Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
                            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))])
-    prepare = ColumnTransformer([("num", Pipeline(number_steps), numeric), ("cat", categories, list(categorical))])
+    prepare = ColumnTransformer([("num", Pipeline(number_steps), list(numeric)),
+                                 ("cat", categories, list(categorical))])
     return Pipeline([("prepare", prepare), ("model", _estimator(kind, task, seed))])
 
 

@@ -45,7 +45,7 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
         try:
             text = str(value)
         except ValueError:  # an int past Python's digit limit for str()
-            return f"an integer of {value.bit_length():,} bits"
+            return f"an integer of {int(value).bit_length():,} bits"
         return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} digits)"
     text = str(value)
     cut = text[:limit]
