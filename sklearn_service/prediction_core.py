@@ -131,7 +131,7 @@ class PredictionCore:
             if label == key or (isinstance(label, bool) == isinstance(value, bool) and label == value):
                 return i
         raise RequestError("unknown_class", f"unknown class {shown(label)}; this model's classes: "
-                                            f"{shown_list(self.label_keys, 10)}")
+                                            f"{shown_list(self.signature.classes, 10)}")
 
     def refuse(self, endpoint: str, exc: RequestError, received: int) -> RequestError:
         """Counts a request its front end refused before it had rows (unreadable in its protocol)."""
