@@ -25,8 +25,8 @@ from sklearn_service import config, model_check, open_inference, patches
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard
 from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, Answer, PredictionCore
-from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, Prediction, Predictions, Probabilities
-from sklearn_service.schemas import Value, row_type
+from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, JsonArray, Prediction, Predictions
+from sklearn_service.schemas import Probabilities, Value, row_type
 from sklearn_service.user_input import shown
 
 patches.apply()
@@ -71,16 +71,16 @@ class ModelRunner:
     # the model raises on is searched for its bad rows in one). Rows arrive encoded (see
     # signature.py); classifiers answer class indices.
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
+    async def predict(self, rows: np.ndarray) -> JsonArray:
         return await self.model.serve_async("predict", rows)
 
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
-    async def predict_all(self, rows: np.ndarray) -> np.ndarray:
+    async def predict_all(self, rows: np.ndarray) -> JsonArray:
         """predict in column 0, then the model's other outputs (model_check.output_columns)."""
         return await self.model.serve_async("predict_all", rows)
 
     @bentoml.api(batchable=True, **EXPLAIN_BATCHING)
-    async def explain(self, rows: np.ndarray) -> np.ndarray:
+    async def explain(self, rows: np.ndarray) -> JsonArray:
         """predict_all's columns, then each row's explanation (ServingModel.explain); the rows' last
         column is the class to explain. At ~1 ms a row (a forest of 100 trees), a batch goes to a worker
         thread, so that predictions need not wait for it; a row or two is answered sooner than a hop there."""

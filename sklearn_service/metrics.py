@@ -35,8 +35,16 @@ REJECT_REASONS = (
 
 
 class ServiceMetrics:
-    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None):
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None,
+                 registry=None):
+        """`registry`: where the metrics are registered, prometheus_client's default unless given (tests
+        give each instance its own)."""
+        import prometheus_client
+        from functools import partial
+
+        registry = prometheus_client.REGISTRY if registry is None else registry
+        Counter, Gauge, Histogram = (partial(kind, registry=registry) for kind in
+                                     (prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram))
 
         self.tag = tag
         self.feature_names = signature.names
@@ -67,7 +75,7 @@ class ServiceMetrics:
         else:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
-                                                  or Histogram.DEFAULT_BUCKETS))
+                                                  or prometheus_client.Histogram.DEFAULT_BUCKETS))
         # series for every known endpoint, outcome, reason, feature and class exist from start-up, at 0
         for endpoint in ENDPOINTS:
             self.latency.labels(endpoint)
@@ -88,7 +96,8 @@ class ServiceMetrics:
         # app.drift in configuration.yaml; off: not even the series exist
         self.drift = None
         if drift and drift["enabled"]:
-            self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"])
+            self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"],
+                                      registry=registry)
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
         # Runs for every request: label children are looked up once per endpoint or feature, and the

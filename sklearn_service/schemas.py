@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typing as t
 
+import bentoml
+import numpy as np
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr, WithJsonSchema
 
 from sklearn_service.signature import Signature
@@ -12,6 +14,9 @@ from sklearn_service.signature import Signature
 # feature in its error, so the request type itself accepts any scalar.
 Value = t.Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
 RawRow = t.Union[t.List[Value], t.Dict[str, Value]]
+# What the runner's APIs answer. The declared media type spares BentoML a JSON schema of the array
+# built for every response just to name it (~12 % of the runner's CPU).
+JsonArray = t.Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]
 # A prediction: a number, or the class label as trained (numbers as floats, strings as strings).
 Label = t.Union[StrictFloat, StrictStr, StrictBool]
 

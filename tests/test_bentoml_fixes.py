@@ -13,7 +13,6 @@ import socket
 import time
 from collections import Counter
 from importlib.metadata import version
-from typing import Annotated
 
 import bentoml
 import numpy as np
@@ -27,6 +26,7 @@ from sklearn_service.patches import bentoml as bentoml_patches
 from sklearn_service.patches import uvicorn as uvicorn_patches
 from sklearn_service.patches import kantoku as kantoku_patches
 from sklearn_service.middleware import RequestGuard
+from sklearn_service.schemas import JsonArray
 from tests.load import run_load
 from tests.prometheus_text import scrape
 from tests.serving import Server, write_config
@@ -382,35 +382,32 @@ def test_every_response_carries_its_own_request_id(server, cancer):
     assert len(ids) == 5
 
 
-# --- mime_type_cached --------------------------------------------------------------------------
+# --- the runner's media type (public route, no fix) ----------------------------------------------
 
-def schema_builds(service, monkeypatch, mime_type, api: str = "echo") -> int:
+def schema_builds(service, monkeypatch, api: str = "echo") -> int:
     spec = service.apis[api].output_spec
     calls = []
     original = spec.model_json_schema.__func__
     monkeypatch.setattr(spec, "model_json_schema", classmethod(lambda cls, *a, **k: calls.append(1) or original(cls, *a, **k)))
     for _ in range(3):
-        assert mime_type(spec) == "application/json"
+        assert spec.mime_type() == "application/json"
     return len(calls)
 
 
-def test_json_schema_built_for_every_response_on_unpatched_bentoml(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory.service, monkeypatch, ORIGINAL["IOMixin.mime_type"]) == 3
+def test_json_schema_built_for_every_array_response_without_a_media_type(tiny_factory, monkeypatch):
+    assert schema_builds(tiny_factory.service, monkeypatch) == 3
 
 
-def test_json_schema_built_once_per_type(tiny_factory, monkeypatch):
-    assert schema_builds(tiny_factory.service, monkeypatch, lambda spec: spec.mime_type()) <= 1
-
-
-def test_a_content_type_on_the_return_type_builds_no_schema(monkeypatch):
-    """The public route to what mime_type_cached does, one API at a time (see its docstring)."""
+def test_the_runners_return_type_builds_no_schema(monkeypatch):
+    """Why the runner's APIs return schemas.JsonArray: BentoML names the response's media type
+    without building the array's JSON schema each time."""
     @bentoml.service
     class Typed:
         @bentoml.api
-        def rows(self, rows: np.ndarray) -> Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]:
+        def rows(self, rows: np.ndarray) -> JsonArray:
             return rows
 
-    assert schema_builds(Typed, monkeypatch, ORIGINAL["IOMixin.mime_type"], "rows") == 0
+    assert schema_builds(Typed, monkeypatch, "rows") == 0
 
 
 # --- model_fields_from_the_class -----------------------------------------------------------------

@@ -299,14 +299,12 @@ def test_v2_requests_count_in_the_service_metrics(server, model, cancer):
     assert delta(before, after, "ml_rejected_requests_total", endpoint="/v2/infer", reason="wrong_shape") == 1
 
 
+# what received_rows reads from each kind of body is tested in-process (test_v2_codec); these show
+# the counters take it, for a refusal in the codec, in the row mapping and in validation
 @pytest.mark.parametrize("body, received", [
     (tensor([10 ** 308, 30], ROW), 1),
-    (tensor([10 ** 18, 30], [ROW, ROW]), 2),
-    (tensor([10 ** 400, 30], ROW), 1),
-    (tensor("30", ROW), 30),
-    ({"inputs": "x"}, 0),
-    (tensor([5, 30], ROW[:29]), 1),
     (tensor([3], ROW[:3], name="mean radius"), 3),
+    (tensor([2, 30], [ROW, [None] * 30]), 2),
 ])
 def test_refused_requests_count_the_rows_received_not_the_rows_claimed(server, model, body, received):
     """A shape claiming 10**308 rows added them to the counter (twice: +Inf until a restart)."""

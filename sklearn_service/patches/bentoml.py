@@ -20,7 +20,7 @@ import bentoml.serving
 
 from _bentoml_impl.server.app import ServiceAppFactory
 import _bentoml_sdk.method as bentoml_method_module
-from _bentoml_sdk.io_models import IODescriptor, IOMixin
+from _bentoml_sdk.io_models import IODescriptor
 from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.context import trace_context
 from bentoml._internal.monitoring.default import DefaultMonitor
@@ -44,7 +44,6 @@ ORIGINAL = {
     "MaxConcurrencyMiddleware.__call__": MaxConcurrencyMiddleware.__call__,
     "ensure_prometheus_dir": bentoml.serving.ensure_prometheus_dir,
     "ServiceAppFactory.middlewares": ServiceAppFactory.middlewares.fget,
-    "IOMixin.mime_type": IOMixin.mime_type.__func__,
     "method.inspect": bentoml_method_module.inspect,
     "RunnerTrafficMetricsMiddleware.__call__": RunnerTrafficMetricsMiddleware.__call__,
     "DefaultMonitor._init_logger": DefaultMonitor._init_logger,
@@ -185,15 +184,6 @@ def _wrap_middlewares(change: Callable[[ServiceAppFactory, list], list]) -> None
     ServiceAppFactory.middlewares = property(lambda self: change(self, previous(self)))
 
 
-def _cache_mime_type() -> None:
-    # mime_type() of a root-model output (the runner's arrays) builds a pydantic
-    # TypeAdapter and a whole JSON schema on every response; it depends only on
-    # the class, so compute it once per class (~12% of the runner's CPU). The public route, a media
-    # type on each API's return type (`Annotated[np.ndarray, bentoml.validators.ContentType(...)]`),
-    # does the same one API at a time; this covers every API, and stays until service.py has it.
-    IOMixin.mime_type = classmethod(functools.lru_cache(maxsize=None)(ORIGINAL["IOMixin.mime_type"]))
-
-
 class _FieldsOfTheClass:
     """`model_fields` read from the class, whether asked of the class or of an instance."""
 
@@ -323,7 +313,6 @@ FIXES = [
     Fix("tracing_only_with_an_exporter", "bentoml", BENTOML,
         lambda: _wrap_middlewares(lambda factory, middlewares: _tracing_only_with_an_exporter(middlewares))),
     Fix("client_checks_first", "bentoml", "==1.4.40", lambda: _wrap_middlewares(_client_checks_first)),
-    Fix("mime_type_cached", "bentoml", BENTOML, _cache_mime_type),
     Fix("model_fields_from_the_class", "bentoml", BENTOML, _model_fields_from_the_class,
         also=(("pydantic", PYDANTIC),)),
     Fix("api_signature_cached", "bentoml", BENTOML, _api_signature_cached),
