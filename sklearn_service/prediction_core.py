@@ -101,7 +101,8 @@ class PredictionCore:
     @property
     def stalled_since(self) -> float | None:
         """When the runner stopped answering (time.monotonic()), None while it answers."""
-        stalls = [c.stalled_since for c in (self._predict, self._predict_all, self._explain) if c.stalled_since is not None]
+        stalls = [c.stalled_since for c in (self._predict, self._predict_all, self._explain)
+                  if c.stalled_since is not None]
         return min(stalls, default=None)
 
     def check_outputs(self, outputs: t.Collection[str]) -> None:

@@ -184,3 +184,48 @@ def test_a_stored_linear_model_is_explained_from_its_reference_sample_or_the_fea
     rows = data.X.to_numpy()[:5]
     e = from_means.explain(rows)
     np.testing.assert_allclose(e.base_values + e.contributions.sum(axis=1), e.outputs, rtol=0, atol=TOLERANCE)
+
+
+def test_in_the_core_requests_asking_for_different_classes_share_a_runner_call(trained, cancer):
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from sklearn_service import config
+    from sklearn_service.model_check import ModelFacts
+    from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, PredictionCore
+    from sklearn_service.serving_model import ServingModel
+
+    stored = bentoml.models.get(trained["tag"])
+    signature, pipeline = Signature.from_metadata(stored.info.metadata), trained["pipeline"]
+    model = ServingModel(pipeline, signature, outputs=("predict_proba",),
+                         explainer=for_stored_model(pipeline, signature, stored.path))
+    calls = []
+
+    async def call_runner(method: str, rows: np.ndarray) -> np.ndarray:
+        calls.append((method, len(rows)))
+        return model.explain(rows)
+
+    facts = ModelFacts(signature, "RandomForestClassifier", ("predict_proba",), "probability")
+    core = PredictionCore(stored.info, signature, facts, call_runner, config.app(), {}, registry=CollectorRegistry())
+    X = cancer["X"]
+
+    async def together():
+        asked = [core.answer("/explain", [X[0].tolist()], outputs=("predict", "predict_proba", EXPLANATION),
+                             one_row=True, explained_class=label) for label in (0, 1.0, None)]
+        return await asyncio.gather(*asked)
+
+    answers = asyncio.run(together())
+    # the first goes alone; the two that waited for it leave together, each with its own class, and
+    # each runner call answers predict, predict_proba and the explanation
+    assert calls == [("explain", 1), ("explain", 2)]
+    proba = pipeline.predict_proba(X[:1])[0]
+    predicted = float(pipeline.predict(X[:1])[0])
+    for answer, label in zip(answers, (0.0, 1.0, predicted)):
+        assert answer.explained.classes == [label] and answer.predictions == [predicted]
+        assert answer.explained.values[0] == pytest.approx(proba[int(label)], abs=TOLERANCE)
+        assert answer.outputs["predict_proba"][0] == pytest.approx(proba)
+    calls.clear()
+    many = asyncio.run(core.answer("/explain_batch", X[:150].tolist(), outputs=("predict", EXPLANATION)))
+    assert [rows for _, rows in calls] == [EXPLAIN_ROWS_PER_CALL] * 2 + [150 - 2 * EXPLAIN_ROWS_PER_CALL]
+    assert many.outputs[EXPLANATION].shape == (150, len(signature.features))
