@@ -45,8 +45,8 @@ SIGNATURE = FACTS.signature  # validation, OpenAPI schema, metrics, payload log
 Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
 # explaining costs far more per row than predicting: smaller batches keep each call short
-EXPLAIN_BATCHING = {**RUNNER_BATCHING, "max_batch_size": min(EXPLAIN_ROWS_PER_CALL,
-                                                             RUNNER_BATCHING.get("max_batch_size", EXPLAIN_ROWS_PER_CALL))}
+EXPLAIN_BATCHING = {**RUNNER_BATCHING,
+                    "max_batch_size": min(EXPLAIN_ROWS_PER_CALL, RUNNER_BATCHING.get("max_batch_size", 10**9))}
 EXPLAIN_INLINE_ROWS = 2  # explained on the runner's event loop; more go to a worker thread
 APP = config.app()
 
