@@ -155,6 +155,52 @@ def test_a_model_that_cannot_be_explained_says_so_and_still_predicts(bentoml_hom
         assert "explanation" not in [o["name"] for o in metadata["outputs"]]
 
 
+def test_a_regressor_explains_its_value(regressor_server):
+    X = regressor_server.features[:3]
+    answers = [requests.post(regressor_server.url + "/explain", json={"features": row}, timeout=30).json()
+               for row in X.tolist()]
+    for body, value in zip(answers, regressor_server.pipeline.predict(X)):
+        assert body["output"] == "value" and body["explained_class"] is None
+        assert body["prediction"] == pytest.approx(value) and body["value"] == pytest.approx(value, abs=TOLERANCE)
+        assert body["base_value"] + sum(body["contributions"].values()) == pytest.approx(value, abs=TOLERANCE)
+    chosen = requests.post(regressor_server.url + "/explain", json={"features": X[0].tolist(), "explained_class": 1},
+                           timeout=30)
+    assert chosen.status_code == 400 and chosen.json()["reason"] == "not_a_classifier"
+
+
+def test_a_mixed_type_linear_model_is_explained_from_its_stored_reference(bentoml_home, tmp_path):
+    """Text categories (one number each, whatever their one-hot columns), gaps, class labels as text;
+    the linear model's background is the reference sample training stored with it."""
+    import json
+
+    from sklearn_service.drift_report import encode
+    from sklearn_service.signature import stored_signature
+    from sklearn_service.training import load_csv_dataset
+    from tests.mixed_data import write_penguins_csv
+
+    frame = write_penguins_csv(tmp_path / "penguins.csv")
+    result = train(load_csv_dataset(str(tmp_path / "penguins.csv"), "species"), "logistic_regression")
+    stored = save_result(result, "penguins_linear")
+    rows = json.loads(frame.drop(columns="species").iloc[:6].to_json(orient="records"))
+    signature = stored_signature(stored)
+    expected = for_stored_model(result.pipeline, signature, stored.path).explain(
+        encode(signature, frame.iloc[:6], "species")[0])
+    with Server(bentoml_home, env={"MODEL_TAG": str(stored.tag)}).wait_ready(90) as srv:
+        served = requests.post(srv.url + "/explain_batch", json={"instances": rows}, timeout=30)
+        assert served.status_code == 200, served.text
+        other = requests.post(srv.url + "/explain", json={"features": rows[0], "explained_class": "Gentoo"},
+                              timeout=30).json()
+    answers = served.json()["explanations"]
+    assert [b["prediction"] for b in answers] == result.pipeline.predict(frame.drop(columns="species").iloc[:6]).tolist()
+    assert [b["explained_class"] for b in answers] == [b["prediction"] for b in answers]
+    assert {b["output"] for b in answers} == {"log_odds"} and set(answers[0]["contributions"]) == set(signature.names)
+    np.testing.assert_allclose([in_feature_order(b, signature.names) for b in answers], expected.contributions,
+                               rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose([b["base_value"] for b in answers], expected.base_values, rtol=0, atol=TOLERANCE)
+    assert other["explained_class"] == "Gentoo"
+    assert other["base_value"] + sum(other["contributions"].values()) == pytest.approx(other["value"], abs=TOLERANCE)
+
+
 # ---- in process: what the start-up check and the runner build ----------------------------------------
 
 def test_the_start_up_check_names_the_output_or_the_reason(trained, tmp_path):
