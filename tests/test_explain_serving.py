@@ -191,7 +191,8 @@ def test_a_mixed_type_linear_model_is_explained_from_its_stored_reference(bentom
         other = requests.post(srv.url + "/explain", json={"features": rows[0], "explained_class": "Gentoo"},
                               timeout=30).json()
     answers = served.json()["explanations"]
-    assert [b["prediction"] for b in answers] == result.pipeline.predict(frame.drop(columns="species").iloc[:6]).tolist()
+    predicted = result.pipeline.predict(frame.drop(columns="species").iloc[:6]).tolist()
+    assert [b["prediction"] for b in answers] == predicted
     assert [b["explained_class"] for b in answers] == [b["prediction"] for b in answers]
     assert {b["output"] for b in answers} == {"log_odds"} and set(answers[0]["contributions"]) == set(signature.names)
     np.testing.assert_allclose([in_feature_order(b, signature.names) for b in answers], expected.contributions,
