@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from sklearn_service.model_checks import EXTRAS
+from sklearn_service.model_requirements import EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
 # BentoML refuses hidden files, so these two are plain names (not committed: written per build)

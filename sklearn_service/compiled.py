@@ -55,7 +55,7 @@ def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list |
 
 def compile_pipeline(pipeline, categories: dict[int, list] | None = None) -> CompiledPipeline | None:
     """The compiled pipeline for the serving matrix, where column i of `categories` holds codes into
-    categories[i] (-1 unseen, NaN missing); None where scikit-learn must serve the model."""
+    categories[i] (category_codes.py); None where scikit-learn must serve the model."""
     is_pipeline = isinstance(pipeline, Pipeline)
     final = pipeline.steps[-1][1] if is_pipeline else pipeline
     kinds = _column_kinds(getattr(pipeline, "n_features_in_", 0), categories)

@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sklearn_service import category_codes
 from sklearn_service.drift import Bins
-from sklearn_service.signature import UNSEEN_CODE, Signature
-from sklearn_service.training import REFERENCE_FILE, TARGET_COLUMN, as_category, read_csv
+from sklearn_service.signature import Signature
+from sklearn_service.csv_data import as_category, read_csv
+from sklearn_service.model_store import REFERENCE_FILE, TARGET_COLUMN
 
 THRESHOLD = 0.2
 PREDICTION = "prediction"
@@ -55,14 +57,13 @@ def _numbers(column: pd.Series) -> np.ndarray:
 
 
 def _codes(column: pd.Series, categories: list) -> np.ndarray:
-    """Category values (text or numbers, as logged or read from CSV) as codes; unseen -1, missing NaN."""
-    lookup = {text: float(i) for i, text in enumerate(as_category(pd.Series(categories, dtype=object)))}
-    text = as_category(column)
-    return np.array([np.nan if pd.isna(v) else lookup.get(v, UNSEEN_CODE) for v in text])
+    """Category values (text or numbers, as logged or read from CSV) as codes (category_codes.py),
+    compared as text: 3.0 read from a CSV with gaps is the category 3."""
+    return category_codes.encode(as_category(column), list(as_category(pd.Series(categories, dtype=object))))
 
 
 def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """A table of decoded values as the service encodes rows (signature.py), and its target column.
+    """A table of decoded values as the service encodes rows (category_codes.py), and its target column.
     A feature the log never holds (every value null, so a log line may leave it out) is all missing."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *signature.names])))
     rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
@@ -157,7 +158,7 @@ def write_html(signature: Signature, reference: pd.DataFrame, current: pd.DataFr
 def load_model(tag: str) -> tuple[Signature, pd.DataFrame]:
     import bentoml
 
-    from sklearn_service.signature import stored_signature
+    from sklearn_service.model_store import stored_signature
 
     model = bentoml.models.get(tag)
     path = Path(model.path) / REFERENCE_FILE

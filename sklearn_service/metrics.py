@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sklearn_service.category_codes import is_unseen
 from sklearn_service.drift import DriftMonitor
-from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.signature import Signature
 
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -111,7 +112,7 @@ class ServiceMetrics:
                 if count:
                     self._out_of_range[column].inc(count)
         if self.category_columns:
-            unseen = np.count_nonzero(rows[:, self.category_columns] == UNSEEN_CODE, axis=0)
+            unseen = np.count_nonzero(is_unseen(rows[:, self.category_columns]), axis=0)
             for counter, count in zip(self._unseen, unseen.tolist()):
                 if count:
                     counter.inc(count)

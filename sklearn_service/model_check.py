@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn_service.model_checks import install_hint, missing_requirements, values_per_row
-from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.category_codes import UNSEEN_CODE
+from sklearn_service.model_requirements import install_hint, missing_requirements, values_per_row
+from sklearn_service.signature import Signature
 
 FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
 ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environment variable
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError):
-            hint = (f"; the model uses code from module {exc.name!r}: {install_hint(exc.name or '')} "
+            hint = (f"; the model needs the module {exc.name!r}: {install_hint(exc.name or '')} "
                     "(a module of your own: make it importable here, PYTHONPATH or packed into the bento)")
         print(f"model {stored.tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return REFUSED

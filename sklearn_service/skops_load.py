@@ -17,9 +17,8 @@ import zipfile
 
 import numpy as np
 
-from sklearn_service.model_checks import children, missing_module
-from sklearn_service.training import DataError
-from sklearn_service.user_input import shown, shown_list
+from sklearn_service.model_requirements import children, missing_module
+from sklearn_service.user_input import DataError, shown, shown_list
 
 TREE = "sklearn.tree._tree.Tree"
 HIST_TREE = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"

@@ -2,7 +2,7 @@
 
 Runs in the API service before anything is batched, so one bad request can never
 fail the requests that would have shared its batch. Categories become codes into
-the signature's category lists (see signature.py).
+the signature's category lists (category_codes.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from itertools import chain
 
 import numpy as np
 
+from sklearn_service.category_codes import UNSEEN_CODE, code_table
 from sklearn_service.errors import RequestError
-from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
+from sklearn_service.signature import Feature, Signature
 from sklearn_service.user_input import shown, shown_list
 
 NOTHING = type(None)
@@ -70,7 +71,7 @@ class RowEncoder:
 
     @staticmethod
     def _code_table(f: Feature) -> dict:
-        table = {value: float(code) for code, value in enumerate(f.categories)}
+        table = code_table(f.categories)
         if all(isinstance(c, str) for c in f.categories):  # numbers sent for string categories, e.g. 94110 for "94110"
             table.update([(int(c), code) for c, code in table.items() if c.lstrip("-").isdigit()])
         return table

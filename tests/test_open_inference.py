@@ -23,7 +23,7 @@ import tests.test_hostile_input as hostile
 import train as train_cli
 from sklearn_service import open_inference
 from sklearn_service.errors import Overloaded, RequestError, runner_failure
-from sklearn_service.training import load_csv_dataset
+from sklearn_service.csv_data import load_csv_dataset
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
 from tests.serving import Server

@@ -1,6 +1,7 @@
-"""Checks on a model that both the import (train.py) and the serving side can run: how many values it
-predicts per row, and which libraries outside scikit-learn it needs. Light: numpy and the standard
-library only, so the service can import it.
+"""What a model requires to be served, checked by both the import (train.py) and the serving side: one
+value per row, and the libraries outside scikit-learn it needs (recorded as its `requires`, with the
+command that installs a missing one). Light: numpy and the standard library only, so the service
+can import it.
 """
 
 from __future__ import annotations
