@@ -447,7 +447,7 @@ def _mean(X: np.ndarray) -> np.ndarray:
 
 def for_stored_model(pipeline, signature, folder) -> Explainer:
     """The Explainer of a model in the store. A linear model is explained from the mean of the
-    training rows stored with it (training.REFERENCE_FILE), else from the signature's feature means
+    training rows stored with it (model_store.REFERENCE_FILE), else from the signature's feature means
     (numbers only); trees need no background. Raises NotExplainable."""
     from pathlib import Path
 
@@ -456,8 +456,9 @@ def for_stored_model(pipeline, signature, folder) -> Explainer:
     final = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
     background = None
     if not isinstance(final, TREE_ENSEMBLES):  # read only where used: the CSV reader loads pandas' parsers
+        from sklearn_service.csv_data import read_csv
         from sklearn_service.drift_report import encode
-        from sklearn_service.training import REFERENCE_FILE, TARGET_COLUMN, read_csv
+        from sklearn_service.model_store import REFERENCE_FILE, TARGET_COLUMN
 
         path = Path(folder) / REFERENCE_FILE
         if path.is_file():
