@@ -13,7 +13,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn_service import model_check
 from sklearn_service.explain import Explainer, for_stored_model
 from sklearn_service.signature import Signature
-from sklearn_service.training import Dataset, load_default_dataset, save_result, train
+from sklearn_service.csv_data import Dataset, load_csv_dataset
+from sklearn_service.model_store import save_result
+from sklearn_service.training import load_default_dataset, train
 from tests.prometheus_text import delta, scrape
 from tests.serving import Server
 
@@ -174,8 +176,7 @@ def test_a_mixed_type_linear_model_is_explained_from_its_stored_reference(bentom
     import json
 
     from sklearn_service.drift_report import encode
-    from sklearn_service.signature import stored_signature
-    from sklearn_service.training import load_csv_dataset
+    from sklearn_service.model_store import stored_signature
     from tests.mixed_data import write_penguins_csv
 
     frame = write_penguins_csv(tmp_path / "penguins.csv")
