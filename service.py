@@ -7,12 +7,15 @@ from configuration.yaml; the model from the BentoML store (MODEL_TAG).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
+import typing as t
 
 import bentoml
 import numpy as np
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,8 +24,9 @@ from starlette.routing import Route
 from sklearn_service import config, model_check, open_inference, patches
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard
-from sklearn_service.prediction_core import PredictionCore
-from sklearn_service.schemas import JsonArray, Prediction, Predictions, Probabilities, row_type
+from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, Answer, PredictionCore
+from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, JsonArray, Prediction, Predictions
+from sklearn_service.schemas import Probabilities, Value, row_type
 from sklearn_service.user_input import shown
 
 patches.apply()
@@ -40,6 +44,10 @@ except model_check.ModelError as exc:
 SIGNATURE = FACTS.signature  # validation, OpenAPI schema, metrics, payload log
 Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
+# explaining costs far more per row than predicting: smaller batches keep each call short
+EXPLAIN_BATCHING = {**RUNNER_BATCHING,
+                    "max_batch_size": min(EXPLAIN_ROWS_PER_CALL, RUNNER_BATCHING.get("max_batch_size", 10**9))}
+EXPLAIN_INLINE_ROWS = 2  # explained on the runner's event loop; more go to a worker thread
 APP = config.app()
 
 
@@ -49,10 +57,14 @@ class ModelRunner:
 
     def __init__(self) -> None:
         # imported here so that only this process loads scikit-learn (~120 MB each)
+        from sklearn_service.explain import for_stored_model
         from sklearn_service.serving_model import ServingModel
 
-        self.model = ServingModel(bentoml.sklearn.load_model(self.model_ref), SIGNATURE,
-                                  compiled=APP["compiled_trees"], outputs=FACTS.outputs)
+        pipeline = bentoml.sklearn.load_model(self.model_ref)
+        # the start-up check found whether it can be built (model_check.explainability); the API refuses otherwise
+        explainer = for_stored_model(pipeline, SIGNATURE, STORED.path) if FACTS.explained_output else None
+        self.model = ServingModel(pipeline, SIGNATURE, compiled=APP["compiled_trees"], outputs=FACTS.outputs,
+                                  explainer=explainer)
         gc.freeze()  # see SklearnService.__init__
 
     # async: the compiled path answers in microseconds, less than a hop to a worker thread (a batch
@@ -66,6 +78,15 @@ class ModelRunner:
     async def predict_all(self, rows: np.ndarray) -> JsonArray:
         """predict in column 0, then the model's other outputs (model_check.output_columns)."""
         return await self.model.serve_async("predict_all", rows)
+
+    @bentoml.api(batchable=True, **EXPLAIN_BATCHING)
+    async def explain(self, rows: np.ndarray) -> JsonArray:
+        """predict_all's columns, then each row's explanation (ServingModel.explain); the rows' last
+        column is the class to explain. At ~1 ms a row (a forest of 100 trees), a batch goes to a worker
+        thread, so that predictions need not wait for it; a row or two is answered sooner than a hop there."""
+        if len(rows) <= EXPLAIN_INLINE_ROWS:
+            return self.model.explain(rows)
+        return await asyncio.to_thread(self.model.explain, rows)
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -134,6 +155,45 @@ class SklearnService:
             return error_response(exc)
         return Probabilities(prediction=answer.predictions[0], probabilities=dict(
             zip(self.core.label_keys, answer.outputs["predict_proba"][0].tolist())))
+
+    @bentoml.api
+    async def explain(self, features: Row, explained_class: Value = None,
+                      top: t.Optional[t.Annotated[int, Field(ge=1)]] = None) -> ExplainedPrediction:
+        """One row's prediction and why: what each feature adds to the model's output (README
+        "Explanations"). explained_class: the class whose output is explained (default: the
+        predicted one); top: only the largest contributions."""
+        try:
+            answer = await self.core.answer("/explain", [features], outputs=("predict", EXPLANATION), one_row=True,
+                                            explained_class=explained_class)
+        except RequestError as exc:
+            return error_response(exc)
+        return explained(answer, SIGNATURE.names, top)[0]
+
+    @bentoml.api
+    async def explain_batch(self, instances: list[Row], explained_class: Value = None,
+                            top: t.Optional[t.Annotated[int, Field(ge=1)]] = None) -> ExplainedPredictions:
+        """/explain for many rows (at most app.max_batch_rows); order is kept."""
+        try:
+            answer = await self.core.answer("/explain_batch", instances, outputs=("predict", EXPLANATION),
+                                            explained_class=explained_class)
+        except RequestError as exc:
+            return error_response(exc)
+        return ExplainedPredictions(explanations=explained(answer, SIGNATURE.names, top))
+
+
+def explained(answer: Answer, names: list[str], top: int | None) -> list[ExplainedPrediction]:
+    """Each row's explanation, its contributions largest first (at most `top` of them; `rest` adds up the others)."""
+    e, contributions = answer.explained, answer.outputs[EXPLANATION]
+    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")
+    bodies = []
+    for i, prediction in enumerate(answer.predictions):
+        row, kept = contributions[i], order[i, :top]
+        bodies.append(ExplainedPrediction(
+            prediction=prediction, output=e.output, explained_class=None if e.classes is None else e.classes[i],
+            value=float(e.values[i]), base_value=float(e.base_values[i]),
+            contributions={names[j]: float(row[j]) for j in kept.tolist()},
+            rest=float(row[order[i, len(kept):]].sum())))
+    return bodies
 
 
 SklearnService.add_asgi_middleware(HealthProbes)  # outermost: probes stay open

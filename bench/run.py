@@ -118,6 +118,7 @@ def write_bodies(folder: Path, mixed_row: dict | None = None) -> dict[str, Path]
               "v2": {"inputs": [{"name": "input-0", "shape": [1, X.shape[1]], "datatype": "FP64",
                                  "data": X[0].tolist()}]},
               "batch": {"instances": X[np.arange(1000) % len(X)].tolist()},
+              "explain_batch": {"instances": X[:100].tolist()},
               **({"mixed": {"features": mixed_row}} if mixed_row else {})}
     paths = {}
     for name, body in bodies.items():
@@ -166,7 +167,11 @@ def servers(home: Path, bodies: dict[str, Path], model_file: Path, args) -> list
                [Row("BentoML, no model, fixed", "/predict", single)]),
         Server("this service", bentoml_serve("service:SklearnService"),
                [Row("this service", "/predict", single, (1, 64, 256)),
-                Row("this service, V2", V2_PATH, v2, optional=True)], batch=bodies["batch"]),
+                Row("this service, V2", V2_PATH, v2, optional=True),
+                # an explanation at c=1 beside /predict's; the batch row's rps x 100 is rows explained per second
+                Row("this service, /explain", "/explain", single, (1,), optional=True),
+                Row("this service, /explain_batch 100", "/explain_batch", bodies["explain_batch"], (1,),
+                    optional=True)], batch=bodies["batch"]),
         Server("this service, mixed-type model", bentoml_serve("service:SklearnService"),
                [Row("this service, mixed-type", "/predict", mixed)], env={"MODEL_TAG": f"{MIXED_MODEL_NAME}:latest"}),
         # the shipped configuration is "this service"; this is the same with drift monitoring switched over

@@ -441,3 +441,33 @@ def _mean(X: np.ndarray) -> np.ndarray:
     if not len(X) or np.isnan(X).any():
         raise ValueError("background rows must be at least one row without missing values after preprocessing")
     return X.mean(axis=0)
+
+
+# ---- a stored model --------------------------------------------------------------------------------
+
+def for_stored_model(pipeline, signature, folder) -> Explainer:
+    """The Explainer of a model in the store. A linear model is explained from the mean of the
+    training rows stored with it (model_store.REFERENCE_FILE), else from the signature's feature means
+    (numbers only); trees need no background. Raises NotExplainable."""
+    from pathlib import Path
+
+    from sklearn.pipeline import Pipeline
+
+    final = pipeline.steps[-1][1] if isinstance(pipeline, Pipeline) else pipeline
+    background = None
+    if not isinstance(final, TREE_ENSEMBLES):  # read only where used: the CSV reader loads pandas' parsers
+        from sklearn_service.csv_data import read_csv
+        from sklearn_service.drift_report import encode
+        from sklearn_service.model_store import REFERENCE_FILE, TARGET_COLUMN
+
+        path = Path(folder) / REFERENCE_FILE
+        if path.is_file():
+            background, _ = encode(signature, read_csv(path), TARGET_COLUMN)
+        elif all(f.stats and not f.is_category for f in signature.features):
+            background = np.array([[f.stats["mean"] for f in signature.features]])
+    try:
+        return Explainer.for_pipeline(pipeline, signature, background)
+    except NotExplainable:
+        raise
+    except ValueError as exc:  # e.g. background rows the preprocessing leaves gaps in
+        raise NotExplainable(f"cannot explain this model: {exc}") from None

@@ -23,12 +23,12 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # rather than "no data" after a restart, and rate() counts the first requests. The one list of them:
 # the prediction endpoints (each takes SklearnService._serve; "/v2/infer" is every V2 infer path),
 # their outcomes, and the reasons _serve refuses a request with (RequestError's reason).
-ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/v2/infer")
+ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/explain", "/explain_batch", "/v2/infer")
 OUTCOMES = ("success", "rejected", "error")
 REJECT_REASONS = (
     "wrong_length", "unknown_feature", "missing_feature", "wrong_type", "missing_value", "unknown_category",
     "non_finite", "out_of_range", "empty_batch", "too_many_rows", "not_a_classifier", "no_probabilities",
-    "model_refused_row",
+    "model_refused_row", "not_explainable", "unknown_class",
     # the V2 protocol's own
     "invalid_json", "invalid_request", "bad_binary_data", "wrong_datatype", "wrong_shape", "wrong_data",
     "wrong_inputs", "unknown_output",

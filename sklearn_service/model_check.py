@@ -4,7 +4,8 @@ The API service never imports scikit-learn (~160 MB a process), yet before it se
 it must know: that the model loads at all (a FunctionTransformer's module may not be
 importable here), its task from the estimator itself (classifier, regressor, outlier
 detector, clusterer), its outputs (predict_proba only where the model has it,
-score_samples for outlier detectors), that predict gives one value per row, and per
+score_samples for outlier detectors) and whether its predictions can be explained
+(explain.py), that predict gives one value per row, and per
 feature whether the model raises on a missing value or an unseen category (those
 become a 400 before batching, not a raise inside a batch shared with others).
 
@@ -58,15 +59,19 @@ class ModelFacts:
     signature: Signature  # with the task, and the refusals found by probing
     model_kind: str
     outputs: tuple[str, ...]  # beside predict: predict_proba, score_samples
+    explained_output: str | None = None  # what its explanations explain (explain.py): probability, log_odds, value, ...
+    not_explainable: str | None = None   # else why its predictions cannot be explained
 
     def to_json(self) -> dict:
         return {"signature": self.signature.to_metadata(), "model_kind": self.model_kind,
-                "outputs": list(self.outputs)}
+                "outputs": list(self.outputs), "explained_output": self.explained_output,
+                "not_explainable": self.not_explainable}
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelFacts":
         return cls(Signature.from_dict(data["signature"]), data["model_kind"],
-                   tuple(data["outputs"]))
+                   tuple(data["outputs"]), data.get("explained_output"),
+                   data.get("not_explainable"))
 
 
 # ---- in the check's own process: the model loaded ------------------------------------------------
@@ -151,6 +156,21 @@ def inspect(model, metadata: dict, name: str) -> ModelFacts:
     return ModelFacts(signature, kind, tuple(outputs))
 
 
+def explainability(model, signature: Signature, folder: str) -> tuple[str | None, str | None]:
+    """(the output its explanations explain, None) when the model's predictions can be explained
+    (explain.py), else (None, why not). Any failure means no explanations, never no service."""
+    from sklearn_service.explain import NotExplainable, for_stored_model
+
+    try:
+        return for_stored_model(model, signature, folder).output_name, None
+    except NotExplainable as exc:
+        return None, str(exc)
+    except (ImportError, NameError):  # this project's code is broken: say so, rather than hide it
+        raise
+    except Exception as exc:
+        return None, f"cannot explain this model: {type(exc).__name__}: {exc}"
+
+
 def main(argv: list[str]) -> int:
     """python -m sklearn_service.model_check TAG|FOLDER: the facts as one JSON line, or one line why not."""
     import warnings
@@ -177,6 +197,7 @@ def main(argv: list[str]) -> int:
     except ModelError as exc:
         print(exc, file=sys.stderr)
         return REFUSED
+    facts.explained_output, facts.not_explainable = explainability(model, facts.signature, stored.path)
     print(json.dumps({"tag": str(stored.tag), **facts.to_json()}))
     return 0
 

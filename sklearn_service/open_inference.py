@@ -4,6 +4,11 @@ A thin adapter: the wire format is v2_codec's; each infer request takes the
 model's PredictionCore, as the API's own routes do (the same per-feature errors,
 coalescing, limits and metrics). Errors answer in the protocol's form, {"error": ...}.
 The health probes (/v2/health/*) are middleware (see middleware.HealthProbes).
+
+An explainable model has one more output, "explanation" ([N, F]: each feature's
+contribution to the explained output, see prediction_core.Explained): listed in
+its metadata, answered only when named in `outputs`, so that a client naming no
+output (all of them, in the protocol) pays for no explanation it did not ask for.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from starlette.routing import Route
 
 from sklearn_service import v2_codec
 from sklearn_service.errors import RequestError
-from sklearn_service.prediction_core import PredictionCore
+from sklearn_service.prediction_core import EXPLANATION, PredictionCore
 from sklearn_service.user_input import shown
 
 ENDPOINT = "/v2/infer"  # the metrics label of every V2 inference request
@@ -49,7 +54,11 @@ async def model_metadata(request: Request) -> JSONResponse:
         return _unknown_model(request)
     return JSONResponse({"name": core.name, "versions": [core.version], "platform": "scikit-learn",
                          "inputs": v2_codec.model_inputs(core.signature),
-                         "outputs": v2_codec.model_outputs(core.outputs, core.labels)})
+                         "outputs": v2_codec.model_outputs(_outputs(core), core.labels, len(core.signature.names))})
+
+
+def _outputs(core: PredictionCore) -> tuple[str, ...]:
+    return (*core.outputs, EXPLANATION) if core.explained_output else core.outputs
 
 
 async def model_ready(request: Request) -> Response:
@@ -75,7 +84,7 @@ async def infer(request: Request) -> Response:
     headers, body = request.headers, await request.body()
     try:
         try:
-            inference = v2_codec.decode_request(headers, body, core.outputs)
+            inference = v2_codec.decode_request(headers, body, core.outputs, named_only=(EXPLANATION,))
             rows = v2_codec.rows(inference, core.signature)
         except RequestError as exc:
             raise core.refuse(ENDPOINT, exc, v2_codec.received_rows(headers, body)) from None

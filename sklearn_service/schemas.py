@@ -50,3 +50,20 @@ class Predictions(BaseModel):
 class Probabilities(BaseModel):
     prediction: Label
     probabilities: dict[str, float] = Field(description="class label -> probability")
+
+
+class ExplainedPrediction(BaseModel):
+    prediction: Label = Field(description="the model's prediction, as /predict answers it")
+    output: str = Field(description="the output explained: probability (of explained_class) for forests, log_odds "
+                                    "for boosting and logistic classifiers, value for regressors")
+    explained_class: Label | None = Field(description="the class whose output is explained (default: the "
+                                                           "predicted one); null for regressors")
+    value: float = Field(description="that output for this row: base_value + the sum of all contributions")
+    base_value: float = Field(description="its expected value over the training data, before any feature is known")
+    contributions: dict[str, float] = Field(description="feature -> what it adds to the output (a category "
+                                                          "feature is one number), largest magnitude first")
+    rest: float = Field(description="the sum of the contributions `top` left out (0 when none are)")
+
+
+class ExplainedPredictions(BaseModel):
+    explanations: list[ExplainedPrediction] = Field(description="one per instance, in request order")

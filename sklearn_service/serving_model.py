@@ -4,7 +4,7 @@ A compiled path answers small calls; scikit-learn the rest, on the input the mod
 was fitted on (model_input.py). `predict` is always the model's own
 predict (never an argmax of probabilities: for some models, e.g. SVC(probability=True),
 they differ); `predict_all` answers predict and the model's other outputs together,
-from one call per method.
+from one call per method; `explain` answers those and each row's explanation.
 
 A batch the model raises on is split in halves until each row it raises on is alone:
 log2(n) calls for one such row, instead of n, so the batch-mates of a bad row wait
@@ -81,10 +81,13 @@ def _non_finite_groups(prepared) -> list[np.ndarray]:
 
 
 class ServingModel:
-    def __init__(self, pipeline, signature: Signature, compiled: bool = True, outputs: tuple | None = None):
+    def __init__(self, pipeline, signature: Signature, compiled: bool = True, outputs: tuple | None = None,
+                 explainer=None):
         """`outputs`: the model's outputs beside predict that predict_all answers, in order (see
-        model_check); by default predict_proba for a model that has it."""
+        model_check); by default predict_proba for a model that has it. `explainer`: the model's
+        explain.Explainer, None when it has none."""
         self.pipeline = pipeline
+        self.explainer = explainer
         self.signature = signature
         self.classes = getattr(pipeline, "classes_", None)
         if outputs is None:
@@ -220,3 +223,28 @@ class ServingModel:
 
     def predict_all(self, rows: np.ndarray) -> np.ndarray:
         return self.serve("predict_all", rows)
+
+    def explain(self, rows: np.ndarray) -> np.ndarray:
+        """rows: encoded rows, then the index of the class to explain (NaN: the predicted one) ->
+        predict_all's columns, then per row the explained output, its base value, the class explained
+        (-1: a regressor's value) and one contribution per feature (explain.Explanation). A row the
+        model or the explainer raises on is all NaN."""
+        features, asked = rows[:, :-1], rows[:, -1]
+        answer = self.serve("predict_all", features)
+        explained = np.full((len(rows), 3 + features.shape[1]), np.nan)
+
+        def explain(part: np.ndarray) -> np.ndarray:
+            classes = None if self.classes is None else \
+                np.where(np.isnan(asked[part]), answer[part, 0], asked[part]).astype(np.intp)
+            e = self.explainer.explain(features[part], classes)
+            return np.column_stack([e.outputs, e.base_values, np.full(len(part), -1) if classes is None else classes,
+                                    e.contributions])
+
+        failed = failing_rows(explain, np.flatnonzero(~np.isnan(answer).any(axis=1)), explained)
+        if failed:
+            limited(logger).warning(f"explain_refused_row:{type(failed[0][1]).__name__}",
+                                    "explaining raised on %d of %d rows; first: %r", len(failed), len(rows),
+                                    failed[0][1])
+        out = np.hstack([answer, explained])
+        out[np.isnan(explained).any(axis=1)] = np.nan
+        return out

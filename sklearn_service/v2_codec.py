@@ -270,13 +270,16 @@ class InferRequest:
     outputs: dict[str, bool]  # output name -> whether it goes back as binary data
 
 
-def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequence[str]) -> InferRequest:
-    """The request's id, input tensors and the outputs it asks for (of `outputs`, the model's)."""
+def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequence[str],
+                   named_only: t.Sequence[str] = ()) -> InferRequest:
+    """The request's id, input tensors and the outputs it asks for: of `outputs`, the model's (all of
+    them when none are named), or of `named_only`, answered only when named (an explanation costs
+    far more than a prediction, and clients that name no output expect the outputs they know)."""
     document, binary = split_body(headers, body)
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError("invalid_request", "id must be a string")
-    chosen = _outputs(document.get("outputs"), _parameters(document, ""), outputs)
+    chosen = _outputs(document.get("outputs"), _parameters(document, ""), outputs, named_only)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError("invalid_request", "inputs must be a non-empty list of tensors")
@@ -285,7 +288,7 @@ def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequenc
     return InferRequest(request_id, tensors, chosen)
 
 
-def _outputs(requested, parameters: dict, available: t.Sequence[str]) -> dict[str, bool]:
+def _outputs(requested, parameters: dict, available: t.Sequence[str], named_only: t.Sequence[str]) -> dict[str, bool]:
     binary = parameters.get("binary_data_output") is True
     if requested is None or requested == []:  # the protocol: none named, every output
         return {name: binary for name in available}
@@ -293,7 +296,7 @@ def _outputs(requested, parameters: dict, available: t.Sequence[str]) -> dict[st
         raise RequestError("invalid_request", "outputs must be a list of objects with a `name`")
     chosen = {}
     for output in requested:
-        if output.get("name") not in available:
+        if output.get("name") not in (*available, *named_only):
             raise RequestError("unknown_output", f"unknown output {str(output.get('name'))[:60]!r}; "
                                                  f"this model has: {', '.join(available)}")
         parameters = _parameters(output, f"output {output['name']!r}: ")
@@ -416,9 +419,10 @@ def model_inputs(signature: Signature) -> list[dict]:
              "shape": [-1]} for f in signature.features]
 
 
-def model_outputs(outputs: t.Sequence[str], labels: list | None) -> list[dict]:
+def model_outputs(outputs: t.Sequence[str], labels: list | None, n_features: int = -1) -> list[dict]:
     """What the model answers: predict, then predict_proba (classifiers that have it) or
-    score_samples (outlier detectors)."""
-    shapes = {"predict": [-1], "predict_proba": [-1, len(labels or ())], "score_samples": [-1]}
+    score_samples (outlier detectors); explanation: per row, each feature's contribution."""
+    shapes = {"predict": [-1], "predict_proba": [-1, len(labels or ())], "score_samples": [-1],
+              "explanation": [-1, n_features]}
     return [{"name": name, "datatype": "FP64" if name != "predict" or labels is None
              else _datatype(labels), "shape": shapes[name]} for name in dict.fromkeys(outputs)]

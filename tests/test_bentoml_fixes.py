@@ -591,7 +591,8 @@ def test_label_values_are_the_routes_and_other(server, trained):
     send_distinct_paths(server.url, 300, "many")
     after = scrape(server.url)
 
-    routes = {"/predict", "/predict_batch", "/predict_proba", "/predict_all", "/metadata", "/livez", "/healthz",
+    routes = {"/predict", "/predict_batch", "/predict_proba", "/predict_all", "/explain", "/explain_batch",
+              "/metadata", "/livez", "/healthz",
               "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2",
               "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
               "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",

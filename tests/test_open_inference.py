@@ -74,7 +74,9 @@ def test_model_metadata_describes_the_signature(client, model):
         assert meta["name"] == model["name"] and meta["versions"] == [model["version"]]
         assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 30]}]
         assert meta["outputs"] == [{"name": "predict", "datatype": "FP64", "shape": [-1]},
-                                   {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]}]
+                                   {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+                                   # answered only when named (test_explain_serving.py)
+                                   {"name": "explanation", "datatype": "FP64", "shape": [-1, 30]}]
 
 
 # ---- inference with tritonclient ------------------------------------------------------------------
