@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
 from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
-from tests.serving import Server  # noqa: E402
+from harness.serving import Server  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):

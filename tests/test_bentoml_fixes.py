@@ -27,9 +27,9 @@ from sklearn_service.patches import bentoml as bentoml_patches
 from sklearn_service.patches import uvicorn as uvicorn_patches
 from sklearn_service.patches import kantoku as kantoku_patches
 from sklearn_service.middleware import RequestGuard
-from tests.load import run_load
-from tests.prometheus_text import scrape
-from tests.serving import Server, write_config
+from harness.load import run_load
+from harness.prometheus_text import scrape
+from harness.serving import Server, write_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -24,10 +24,9 @@ from sklearn_service.payload_log import decoded_columns
 from sklearn_service.signature import Signature
 from sklearn_service.training import load_csv_dataset
 from sklearn_service.validation import RowEncoder
-from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
-from tests.serving import ROOT
-from tests.test_first_contact import CHROMIUM, CHROMIUM_FLAGS
-from tests.test_mixed_serving import CHROMIUM_ARGS
+from harness.browser import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_FLAGS
+from harness.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
+from harness.serving import ROOT
 
 ARTIFACTS = ROOT / "test-artifacts"
 

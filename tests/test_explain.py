@@ -30,7 +30,7 @@ from sklearn_service import explain
 from sklearn_service.explain import Explainer, NotExplainable, ranked
 from sklearn_service.signature import UNSEEN_CODE, Signature
 from sklearn_service.training import Dataset, load_default_dataset, prepare_features, train
-from tests.mixed_data import FEATURES, penguins
+from harness.mixed_data import FEATURES, penguins
 
 HELD_OUT = 25
 TOLERANCE = 1e-6

@@ -17,7 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 import train as train_cli
 from sklearn_service.signature import Signature
-from tests.byo_models import flipper_regressor, numpy_classifier, penguin_classifier, penguin_frame
+from harness.byo_models import flipper_regressor, numpy_classifier, penguin_classifier, penguin_frame
 
 
 def store_tags() -> set[str]:

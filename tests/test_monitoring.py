@@ -7,20 +7,17 @@ import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.prometheus_text import scrape, total
-from tests.serving import ROOT, Server, free_port
+from harness.prometheus_server import MONITORING, needs_prometheus, prometheus, prometheus_query
+from harness.prometheus_text import scrape, total
+from harness.serving import Server
 
-MONITORING = ROOT / "monitoring"
-PROMTOOL, PROMETHEUS = shutil.which("promtool"), shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make system-deps)")
-needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (make system-deps)")
 SUFFIXES = re.compile(r"_(bucket|sum|count)$")
 
 
@@ -72,12 +69,6 @@ def test_regressor_predicts_values_and_refuses_probabilities(regressor_server):
     assert total(scrape(regressor_server.url), "ml_predicted_value_count") == before + 3
 
 
-def prometheus_query(url: str, query: str) -> list:
-    answer = requests.get(url + "/api/v1/query", params={"query": query}, timeout=5).json()
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
 def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -> float | None:
     deadline, value = time.monotonic() + timeout, None
     while time.monotonic() < deadline and value != expected:
@@ -88,28 +79,6 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -
             pass
         time.sleep(0.3)
     return value
-
-
-@contextmanager
-def prometheus(tmp_path: Path, service: Server, rules: Path = MONITORING / "alerts.yml"):
-    """A real Prometheus that scrapes `service` and evaluates `rules` every second; yields its URL."""
-    scrape_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    scrape_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    scrape_config["rule_files"] = [str(rules)]
-    job = next(j for j in scrape_config["scrape_configs"] if j["job_name"] == "sklearn-service")
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
-    scrape_config["scrape_configs"] = [job]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
-    port = free_port()
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(20)
 
 
 @needs_prometheus

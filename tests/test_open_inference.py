@@ -19,14 +19,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-import tests.test_hostile_input as hostile
 import train as train_cli
 from sklearn_service import open_inference
 from sklearn_service.errors import Overloaded, RequestError, runner_failure
 from sklearn_service.training import load_csv_dataset
-from tests.mixed_data import FEATURES, write_penguins_csv
-from tests.prometheus_text import delta, scrape
-from tests.serving import Server
+import harness.hostile as hostile
+from harness.mixed_data import FEATURES, write_penguins_csv
+from harness.prometheus_text import delta, scrape
+from harness.serving import Server
 
 ROWS = 40
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from tests.load import run_load
-from tests.serving import ROOT, Server, write_config
+from harness.load import run_load
+from harness.serving import ROOT, Server, write_config
 
 REFUSALS = (429, 503)
 

@@ -32,7 +32,7 @@ from sklearn_service import model_check
 from sklearn_service.model_check import ModelError, inspect
 from sklearn_service.serving_model import ServingModel, failing_rows
 from sklearn_service.signature import Signature
-from tests.serving import Server
+from harness.serving import Server
 
 WEATHER = np.array(["fog", "rain", "sun"])
 
