@@ -1,5 +1,15 @@
+"""The session's store, model and shared servers, and the order tiers run in.
+
+Tiers, fastest first so that a broken build fails within the first minutes: in-process tests, then
+`served` ones (a real `bentoml serve`), then `soak` (minutes of load), then `slow` (a container
+image). A test is marked `served` when it, or a fixture it uses, starts a server (calls Server(...)
+or a function of its module that does). `-m` picks one tier: `make test-fast`, `test-served`, `test-slow`.
+"""
+
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import tempfile
@@ -13,8 +23,36 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
-from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
 from harness.serving import Server  # noqa: E402
+from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
+
+TIERS = ("slow", "soak", "served")  # the later tiers, latest first; the rest run before them
+
+
+@functools.cache
+def _starts_a_server(func) -> bool:
+    """Whether `func` calls Server(...), itself or through a function of its own module."""
+    func = inspect.unwrap(func)
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):  # no Python source (pytest's own fixtures)
+        return False
+    helpers = [f for name, f in func.__globals__.items() if inspect.isfunction(f) and f is not func
+               and f.__module__ == func.__module__ and f"{name}(" in source]
+    return "Server(" in source or any("Server(" in inspect.getsource(f) for f in helpers)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the marks added here
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_starts_a_server(f) for f in [item.function, *fixtures]):
+            item.add_marker("served")
+
+    def tier(item) -> int:
+        return next((len(TIERS) - i for i, name in enumerate(TIERS) if item.get_closest_marker(name)), 0)
+
+    items.sort(key=tier)  # stable: within a tier, modules and their module fixtures stay together
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -44,6 +44,7 @@ def assert_healthy(url: str, expected: float, row) -> None:
     assert requests.post(url + "/predict", json={"features": row}, timeout=5).json() == {"prediction": expected}
 
 
+@pytest.mark.soak
 def test_four_times_capacity_gets_answers_or_fast_refusals(server, trained, cancer):
     expected = trained["pipeline"].predict(cancer["X"]).astype(float)
     results = run_load(server.url, single_rows(cancer, 6000), clients=256, timeout=15)
@@ -156,6 +157,7 @@ def test_health_and_metrics_stay_open_with_a_key(keyed_server):
         assert requests.get(keyed_server.url + path, timeout=5).status_code == 200, path
 
 
+@pytest.mark.soak
 def test_soak_at_64_connections_has_no_errors_and_no_memory_growth():
     """150 s of mixed endpoints at 64 connections: no error, no disconnect, through as many runner
     calls as would have made BentoML's default (a session renewal every 100 calls) renew its session
