@@ -20,11 +20,14 @@ HOME = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
 os.environ["BENTOML_HOME"] = str(HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
+import bentoml  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
-from harness.serving import Server  # noqa: E402
-from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
+import train as train_cli  # noqa: E402
+from harness.mixed_data import write_penguins_csv  # noqa: E402
+from harness.serving import Server, write_config  # noqa: E402
+from sklearn_service.training import load_csv_dataset, load_default_dataset, save_result, train  # noqa: E402
 
 TIERS = ("slow", "soak", "served")  # the later tiers, latest first; the rest run before them
 
@@ -108,4 +111,31 @@ def regressor_server(trained):
     with Server(HOME, env={"MODEL_TAG": str(model.tag)}) as srv:
         srv.pipeline = result.pipeline
         srv.features = bunch.data.to_numpy()
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def penguins_server(bentoml_home, tmp_path_factory):
+    """A model trained here on the penguins-like CSV (text, booleans, gaps), its payload logged."""
+    folder = tmp_path_factory.mktemp("penguins")
+    path = folder / "penguins.csv"
+    frame = write_penguins_csv(path)
+    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
+    model = bentoml.models.get("penguins:latest")
+    config = write_config(folder, lambda s: s["services"]["SklearnService"].update(monitoring={
+        "enabled": True, "type": "default", "options": {"log_path": str(folder / "payload")}}))
+    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag), "SERVICE_CONFIG": str(config)}) as srv:
+        srv.name, srv.version = model.tag.name, model.tag.version
+        srv.payload_logs = folder / "payload"
+        srv.frame = frame
+        srv.pipeline = bentoml.sklearn.load_model(model)
+        srv.model_frame = load_csv_dataset(path, "species").X
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def keyed_server(trained):
+    """The default model behind an API key."""
+    with Server(HOME, env={"API_KEY": "s3cret-key"}) as srv:
+        srv.api_key = "s3cret-key"
         yield srv

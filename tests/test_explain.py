@@ -25,12 +25,12 @@ from sklearn.preprocessing import PolynomialFeatures
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
-from sklearn_service.drift_report import encode
+from harness.mixed_data import FEATURES, penguins
 from sklearn_service import explain
+from sklearn_service.drift_report import encode
 from sklearn_service.explain import Explainer, NotExplainable, ranked
 from sklearn_service.signature import UNSEEN_CODE, Signature
 from sklearn_service.training import Dataset, load_default_dataset, prepare_features, train
-from harness.mixed_data import FEATURES, penguins
 
 HELD_OUT = 25
 TOLERANCE = 1e-6

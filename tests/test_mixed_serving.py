@@ -16,34 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import train as train_cli
-from sklearn_service.training import load_csv_dataset
 from harness.browser import CHROMIUM, CHROMIUM_ARGS
 from harness.byo_models import flipper_regressor, penguin_classifier, penguin_frame
 from harness.hostile import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
-from harness.mixed_data import FEATURES, json_rows, write_penguins_csv
+from harness.mixed_data import FEATURES, json_rows
 from harness.prometheus_text import delta, scrape
 from harness.serving import Server, write_config
 
 
 def post(server, path, payload):
     return requests.post(server.url + path, json=payload, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def penguins_server(bentoml_home, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("penguins")
-    path = folder / "penguins.csv"
-    frame = write_penguins_csv(path)
-    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
-    model = bentoml.models.get("penguins:latest")
-    config = write_config(folder, lambda s: s["services"]["SklearnService"].update(monitoring={
-        "enabled": True, "type": "default", "options": {"log_path": str(folder / "payload")}}))
-    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag), "SERVICE_CONFIG": str(config)}) as srv:
-        srv.payload_logs = folder / "payload"
-        srv.frame = frame
-        srv.pipeline = bentoml.sklearn.load_model(model)
-        srv.model_frame = load_csv_dataset(path, "species").X
-        yield srv
 
 
 def test_trained_mixed_model_answers_as_the_pipeline_does_with_labels(penguins_server):

@@ -16,8 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import train as train_cli
-from sklearn_service.signature import Signature
 from harness.byo_models import flipper_regressor, numpy_classifier, penguin_classifier, penguin_frame
+from sklearn_service.signature import Signature
 
 
 def store_tags() -> set[str]:

@@ -22,15 +22,15 @@ import pytest
 import requests
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
+from harness.load import run_load
+from harness.prometheus_text import scrape
+from harness.serving import Server, write_config
 from sklearn_service import patches
+from sklearn_service.middleware import RequestGuard
 from sklearn_service.patches import ORIGINAL, Fix
 from sklearn_service.patches import bentoml as bentoml_patches
 from sklearn_service.patches import uvicorn as uvicorn_patches
 from sklearn_service.patches import kantoku as kantoku_patches
-from sklearn_service.middleware import RequestGuard
-from harness.load import run_load
-from harness.prometheus_text import scrape
-from harness.serving import Server, write_config
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -124,12 +124,6 @@ def test_killed_runner_gives_fast_503s_then_recovers(bentoml_home, trained, canc
     assert all(r.body == {"prediction": expected[r.index % len(expected)]} for r in load.results if r.status == 200)
 
 
-@pytest.fixture(scope="module")
-def keyed_server(bentoml_home, trained):
-    with Server(bentoml_home, env={"API_KEY": "s3cret-key"}) as srv:
-        yield srv
-
-
 @pytest.mark.parametrize("headers, status", [
     ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "s3cret-key"}, 401),
     ({"Authorization": "Bearer s3cret-key"}, 200), ({"Authorization": "bearer s3cret-key"}, 200),
