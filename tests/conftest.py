@@ -3,7 +3,8 @@
 Tiers, fastest first so that a broken build fails within the first minutes: in-process tests, then
 `served` ones (a real `bentoml serve`), then `soak` (minutes of load), then `slow` (a container
 image). A test is marked `served` when it, or a fixture it uses, starts a server (calls Server(...)
-or a function of its module that does). `-m` picks one tier: `make test-fast`, `test-served`, `test-slow`.
+or a function of its module that does). `-m` picks tiers (`make test-fast`, `test-served`,
+`test-slow`); the summary gives each tier's time (min:s).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import inspect
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 # BentoML caches its home on first use: point it at a throwaway store before anything imports it.
@@ -29,7 +31,12 @@ from harness.mixed_data import write_penguins_csv  # noqa: E402
 from harness.serving import Server, write_config  # noqa: E402
 from sklearn_service.training import load_csv_dataset, load_default_dataset, save_result, train  # noqa: E402
 
-TIERS = ("slow", "soak", "served")  # the later tiers, latest first; the rest run before them
+TIERS = ("fast", "served", "soak", "slow")  # the order they run in; "fast" is unmarked: in process
+SECONDS = dict.fromkeys(TIERS, 0.0)  # wall time per tier, fixtures' setup and teardown included
+
+
+def tier(item) -> str:
+    return next((name for name in reversed(TIERS[1:]) if item.get_closest_marker(name)), "fast")
 
 
 @functools.cache
@@ -51,11 +58,21 @@ def pytest_collection_modifyitems(config, items):
         fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if any(_starts_a_server(f) for f in [item.function, *fixtures]):
             item.add_marker("served")
+    items.sort(key=lambda item: TIERS.index(tier(item)))  # stable: modules and their fixtures stay together
 
-    def tier(item) -> int:
-        return next((len(TIERS) - i for i, name in enumerate(TIERS) if item.get_closest_marker(name)), 0)
 
-    items.sort(key=tier)  # stable: within a tier, modules and their module fixtures stay together
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        SECONDS[tier(item)] += time.monotonic() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran = ", ".join(f"{name} {int(seconds // 60)}:{int(seconds % 60):02d}" for name, seconds in SECONDS.items() if seconds)
+    terminalreporter.write_line(f"time per tier: {ran}")
 
 
 def pytest_sessionfinish(session, exitstatus):
