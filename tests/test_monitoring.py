@@ -82,16 +82,17 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -
 
 
 @needs_prometheus
-def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, bentoml_home, trained, cancer):
+def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, server, cancer):
     sent = 150
-    with Server(bentoml_home) as service, prometheus(tmp_path, service) as url:
+    earlier = total(scrape(server.url), "ml_predictions_total", endpoint="/predict", outcome="success")
+    with prometheus(tmp_path, server) as url:
         query = 'sum(ml_predictions_total{job="sklearn-service", endpoint="/predict", outcome="success"})'
         # one request first, so Prometheus holds a sample from before the rest arrive: rate() needs both
         for batch in (range(1), range(1, sent)):
             for i in batch:
-                assert requests.post(service.url + "/predict", json={"features": cancer["X"][i].tolist()},
+                assert requests.post(server.url + "/predict", json={"features": cancer["X"][i].tolist()},
                                      timeout=10).ok
-            assert wait_for_value(url, query, batch.stop) == batch.stop, \
+            assert wait_for_value(url, query, earlier + batch.stop) == earlier + batch.stop, \
                 (tmp_path / "prometheus.log").read_text()[-2000:]
         time.sleep(2.5)  # a few more scrapes so rate() has samples to work with
         p99 = prometheus_query(url, 'histogram_quantile(0.99, sum by (le) '
