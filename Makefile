@@ -13,7 +13,7 @@ MODEL_NAME ?= sklearn_model
 MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test install install-dev system-deps train build bench clean report-env drift-report
+.PHONY: serve test test-fast test-served test-slow install install-dev system-deps train build bench clean report-env drift-report
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,18 @@ train: install  ## trains the default model unless the store already has one
 serve: train  ## http://localhost:$(PORT)
 	$(BIN)/bentoml serve service:SklearnService --port $(PORT)
 
+# every tier, in order: in-process, served, soak, slow (tests/conftest.py); one tier alone below
 test: install-dev system-deps report-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install-dev system-deps report-env
+	$(BIN)/python -m pytest -m "not served and not soak and not slow" $(PYTEST_ARGS)
+
+test-served: install-dev system-deps report-env
+	$(BIN)/python -m pytest -m "served and not soak and not slow" $(PYTEST_ARGS)
+
+test-slow: install-dev system-deps report-env
+	$(BIN)/python -m pytest -m "soak or slow" $(PYTEST_ARGS)
 
 build: train  ## the bento for MODEL_TAG, with the extras (XGBoost, ...) its model needs
 	$(BIN)/bentoml build -f "$$($(BIN)/python -m sklearn_service.bento_extras)"

@@ -1,5 +1,5 @@
-"""Starting and stopping a server, and what the benchmark measures on it: wrk load, cold start,
-memory and CPU per process of its tree."""
+"""Starting a server (stopping it: harness.serving), and what the benchmark measures on it:
+wrk load, cold start, memory and CPU per process of its tree."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import os
 import re
 import resource
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import requests
+
+from harness.serving import stop, tree  # noqa: F401  (stop: what bench/run.py calls to end a server)
 
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
 
@@ -23,24 +24,6 @@ def start(command: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Pop
     with open(log, "wb") as out:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-
-
-def stop(process: subprocess.Popen, grace: float = 20) -> None:
-    """Ends the server and every process it started. BentoML's workers run in process groups of
-    their own: if the arbiter has to be killed, signalling its group would leave them running."""
-    try:
-        members = tree(process.pid)
-        os.killpg(process.pid, signal.SIGTERM)  # the arbiter stops its workers itself
-    except (psutil.Error, ProcessLookupError):
-        members = []
-    _, alive = psutil.wait_procs(members, timeout=grace)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
-    process.wait()
 
 
 def post(url: str, body: str, timeout: float = 5) -> requests.Response:
@@ -59,11 +42,6 @@ def wait_first_200(url: str, body: str, process: subprocess.Popen, started: floa
             pass
         time.sleep(0.02)
     raise TimeoutError(f"no 200 from {url} within {timeout:.0f} s")
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 def role(process: psutil.Process, root_pid: int) -> str:

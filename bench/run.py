@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import measure, report  # noqa: E402
-from tests.serving import free_port, write_config  # noqa: E402
+from harness.serving import free_port, write_config  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "sklearn_model"
@@ -89,7 +89,8 @@ def prepare_model(home: Path) -> Path:
     """The default numeric model into the store, and as a joblib file for the seed and MLServer."""
     import joblib
 
-    from sklearn_service.training import load_default_dataset, save_result, train
+    from sklearn_service.model_store import save_result
+    from sklearn_service.training import load_default_dataset, train
 
     result = train(load_default_dataset())
     save_result(result, MODEL_NAME)
@@ -101,8 +102,10 @@ def prepare_model(home: Path) -> Path:
 def prepare_mixed_model(home: Path) -> dict:
     """A pipeline trained on a table like the public penguins one (text categories, booleans, gaps)
     into the store; returns one of its rows, by feature name, to send."""
-    from sklearn_service.training import load_csv_dataset, save_result, train
-    from tests.mixed_data import write_penguins_csv
+    from sklearn_service.csv_data import load_csv_dataset
+    from sklearn_service.model_store import save_result
+    from sklearn_service.training import train
+    from harness.mixed_data import write_penguins_csv
 
     csv = home / "penguins.csv"
     frame = write_penguins_csv(csv, rows=344)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.measure import memory, tree_rss_mb  # noqa: E402
 from bench.run import prepare_model, write_bodies  # noqa: E402
-from tests.prometheus_text import scrape, total  # noqa: E402
-from tests.serving import Server  # noqa: E402
+from harness.prometheus_text import scrape, total  # noqa: E402
+from harness.serving import Server  # noqa: E402
 
 DEFAULT_MAX_REQUESTS = 100  # BentoML's services.<Name>.runner_connection.max_requests
 

@@ -24,10 +24,6 @@ from sklearn_service.model_store import TrainingResult, data_hash, holdout_metri
 from sklearn_service.signature import Signature
 from sklearn_service.user_input import DataError
 
-# the test fixtures and the benchmark import these two from here
-from sklearn_service.csv_data import load_csv_dataset  # noqa: F401
-from sklearn_service.model_store import save_result  # noqa: F401
-
 MODEL_KINDS = ("random_forest", "logistic_regression", "gradient_boosting", "hist_gradient_boosting")
 REFERENCE_ROWS = 5000           # training rows kept with the model for drift reports
 REFERENCE_FILE = "reference.csv"

@@ -1,8 +1,20 @@
+"""The session's store, model and shared servers, and the order tiers run in.
+
+Tiers, fastest first so that a broken build fails within the first minutes: in-process tests, then
+`served` ones (a real `bentoml serve`), then `soak` (minutes of load), then `slow` (a container
+image). A test is marked `served` when it, or a fixture it uses, starts a server (calls Server(...)
+or a function of its module that does). `-m` picks tiers (`make test-fast`, `test-served`,
+`test-slow`); the summary gives each tier's time (min:s).
+"""
+
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 # BentoML caches its home on first use: point it at a throwaway store before anything imports it.
@@ -10,11 +22,59 @@ HOME = Path(tempfile.mkdtemp(prefix="bentoml-home-"))
 os.environ["BENTOML_HOME"] = str(HOME)
 os.environ["BENTOML_DO_NOT_TRACK"] = "True"
 
+import bentoml  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 
-from sklearn_service.training import load_default_dataset, save_result, train  # noqa: E402
-from tests.serving import Server  # noqa: E402
+import train as train_cli  # noqa: E402
+from harness.mixed_data import write_penguins_csv  # noqa: E402
+from harness.serving import Server, write_config  # noqa: E402
+from sklearn_service.csv_data import load_csv_dataset  # noqa: E402
+from sklearn_service.model_store import save_result  # noqa: E402
+from sklearn_service.training import load_default_dataset, train  # noqa: E402
+
+TIERS = ("fast", "served", "soak", "slow")  # the order they run in; "fast" is unmarked: in process
+SECONDS = dict.fromkeys(TIERS, 0.0)  # wall time per tier, fixtures' setup and teardown included
+
+
+def tier(item) -> str:
+    return next((name for name in reversed(TIERS[1:]) if item.get_closest_marker(name)), "fast")
+
+
+@functools.cache
+def _starts_a_server(func) -> bool:
+    """Whether `func` calls Server(...), itself or through a function of its own module."""
+    func = inspect.unwrap(func)
+    try:
+        source = inspect.getsource(func)
+    except (OSError, TypeError):  # no Python source (pytest's own fixtures)
+        return False
+    helpers = [f for name, f in func.__globals__.items() if inspect.isfunction(f) and f is not func
+               and f.__module__ == func.__module__ and f"{name}(" in source]
+    return "Server(" in source or any("Server(" in inspect.getsource(f) for f in helpers)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the marks added here
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_starts_a_server(f) for f in [item.function, *fixtures]):
+            item.add_marker("served")
+    items.sort(key=lambda item: TIERS.index(tier(item)))  # stable: modules and their fixtures stay together
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        SECONDS[tier(item)] += time.monotonic() - start
+
+
+def pytest_terminal_summary(terminalreporter):
+    ran = ", ".join(f"{name} {int(seconds // 60)}:{int(seconds % 60):02d}" for name, seconds in SECONDS.items() if seconds)
+    terminalreporter.write_line(f"time per tier: {ran}")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -62,7 +122,7 @@ def regressor_server(trained):
     """A server for a regression model (scikit-learn's diabetes data), next to the default classifier."""
     from sklearn.datasets import load_diabetes
 
-    from sklearn_service.training import Dataset
+    from sklearn_service.csv_data import Dataset
 
     bunch = load_diabetes(as_frame=True)
     result = train(Dataset(bunch.data, bunch.target, "sklearn.datasets.load_diabetes"), task="regression")
@@ -70,4 +130,31 @@ def regressor_server(trained):
     with Server(HOME, env={"MODEL_TAG": str(model.tag)}) as srv:
         srv.pipeline = result.pipeline
         srv.features = bunch.data.to_numpy()
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def penguins_server(bentoml_home, tmp_path_factory):
+    """A model trained here on the penguins-like CSV (text, booleans, gaps), its payload logged."""
+    folder = tmp_path_factory.mktemp("penguins")
+    path = folder / "penguins.csv"
+    frame = write_penguins_csv(path)
+    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
+    model = bentoml.models.get("penguins:latest")
+    config = write_config(folder, lambda s: s["services"]["SklearnService"].update(monitoring={
+        "enabled": True, "type": "default", "options": {"log_path": str(folder / "payload")}}))
+    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag), "SERVICE_CONFIG": str(config)}) as srv:
+        srv.name, srv.version = model.tag.name, model.tag.version
+        srv.payload_logs = folder / "payload"
+        srv.frame = frame
+        srv.pipeline = bentoml.sklearn.load_model(model)
+        srv.model_frame = load_csv_dataset(path, "species").X
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def keyed_server(trained):
+    """The default model behind an API key."""
+    with Server(HOME, env={"API_KEY": "s3cret-key"}) as srv:
+        srv.api_key = "s3cret-key"
         yield srv

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from bench.measure import stop as stop_tree
-from tests.serving import BENTOML, ROOT, Server, free_port
+from harness.serving import BENTOML, ROOT, Server, free_port
+from harness.serving import stop as stop_tree
 
 BASE_IMAGE = "localhost/python:3.11-local"
 

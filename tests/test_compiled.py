@@ -312,7 +312,7 @@ def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkey
 
 
 def test_serving_model_compiles_mixed_pipelines_trained_here():
-    from tests.mixed_data import penguins
+    from harness.mixed_data import penguins
     from sklearn_service.csv_data import Dataset, prepare_features
 
     frame = penguins(300)
@@ -328,7 +328,7 @@ def test_serving_model_compiles_mixed_pipelines_trained_here():
         np.testing.assert_array_equal(np.asarray(result.pipeline.classes_)[model.predict(rows).astype(int)], labels)
 
 
-def per_call_ms(predict, X, calls: int = 30) -> float:
+def per_call_ms(predict, X, calls: int = 15) -> float:
     times = []
     for _ in range(calls):
         start = time.perf_counter()
@@ -338,13 +338,15 @@ def per_call_ms(predict, X, calls: int = 30) -> float:
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_print_compiled_and_sklearn_call_times(model):
-    """Printed, not asserted (pytest -s): the median time of one call of 1 and 64 rows."""
+def test_compiled_calls_are_several_times_faster_than_sklearn(model):
+    """What the compiled path is for: one call of 1 or 64 rows takes a fraction of scikit-learn's
+    (50-600 times less when measured on a busy 2-core machine; 5 times is the bound), same answers."""
     pipeline, X_test, _ = fitted_mixed_pipeline("binary", model)
     categories = category_lists(X_test)
     compiled = compile_pipeline(pipeline, categories)
     X = encode(X_test, categories)[:64]
     for rows in (X[:1], X):
         frame = decode(rows, categories, X_test.columns)
-        print(f"\nmixed {model}, {len(rows)} rows: compiled {per_call_ms(compiled.predict_proba, rows):.3f} ms, "
-              f"scikit-learn {per_call_ms(pipeline.predict_proba, frame):.3f} ms")
+        np.testing.assert_array_equal(compiled.predict_proba(rows), pipeline.predict_proba(frame))
+        fast, reference = per_call_ms(compiled.predict_proba, rows), per_call_ms(pipeline.predict_proba, frame)
+        assert 5 * fast < reference, f"{model}, {len(rows)} rows: compiled {fast:.3f} ms, scikit-learn {reference:.3f} ms"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.load import run_load
+from harness.load import run_load
 
 
 def test_64_clients_with_malformed_requests_mixed_in(server, trained, cancer):

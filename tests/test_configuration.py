@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
+from harness.serving import Server, write_config
 from sklearn_service import config
-from tests.serving import Server, write_config
 
 
 def test_shipped_configuration_is_valid_for_bentoml():

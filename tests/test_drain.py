@@ -24,9 +24,9 @@ import psutil
 import pytest
 from bentoml._internal.utils.uri import uri_to_path
 
+from harness.serving import Server, write_config
 from sklearn_service import patches
 from sklearn_service.patches import bentoml as bentoml_patches
-from tests.serving import Server, write_config
 
 CLIENTS = 32  # of each style: keep-alive, and a connection per request, at the same time
 STYLES = {"keep-alive": True, "connection per request": False}

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
+from harness.mixed_data import FEATURES, penguins
 from sklearn_service.drift import EPSILON, Bins, DriftMonitor
 from sklearn_service.signature import Signature
 from sklearn_service.validation import RowEncoder
-from tests.mixed_data import FEATURES, penguins
 
 
 @pytest.fixture(scope="module")

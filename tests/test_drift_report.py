@@ -17,6 +17,9 @@ import pandas as pd
 import pytest
 
 import train as train_cli
+from harness.browser import CHROMIUM, CHROMIUM_ARGS, CHROMIUM_FLAGS
+from harness.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
+from harness.serving import ROOT
 from sklearn_service import drift_report
 from sklearn_service.drift_html import SCRIPT
 from sklearn_service.drift_report import REPORT_PYTHON, load_model, read_log, summarize
@@ -24,10 +27,6 @@ from sklearn_service.payload_log import decoded_columns
 from sklearn_service.signature import Signature
 from sklearn_service.csv_data import load_csv_dataset
 from sklearn_service.validation import RowEncoder
-from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
-from tests.serving import ROOT
-from tests.test_first_contact import CHROMIUM, CHROMIUM_FLAGS
-from tests.test_mixed_serving import CHROMIUM_ARGS
 
 ARTIFACTS = ROOT / "test-artifacts"
 

@@ -13,14 +13,14 @@ import requests
 import yaml
 
 import train as train_cli
+from harness.load import run_load
+from harness.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
+from harness.prometheus_server import MONITORING, needs_prometheus, prometheus, prometheus_query
+from harness.prometheus_text import scrape, total
+from harness.serving import Server, write_config
 from sklearn_service.drift import Bins
 from sklearn_service.drift_report import PREDICTION, encode, read_log
 from sklearn_service.model_store import stored_signature
-from tests.load import run_load
-from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
-from tests.prometheus_text import scrape, total
-from tests.serving import Server, write_config
-from tests.test_monitoring import MONITORING, needs_prometheus, prometheus, prometheus_query
 
 THRESHOLD = 0.2
 

@@ -16,8 +16,8 @@ from sklearn_service.signature import Signature
 from sklearn_service.csv_data import Dataset, load_csv_dataset
 from sklearn_service.model_store import save_result
 from sklearn_service.training import load_default_dataset, train
-from tests.prometheus_text import delta, scrape
-from tests.serving import Server
+from harness.prometheus_text import delta, scrape
+from harness.serving import Server
 
 TOLERANCE = 1e-6
 ROWS = 20
@@ -177,7 +177,7 @@ def test_a_mixed_type_linear_model_is_explained_from_its_stored_reference(bentom
 
     from sklearn_service.drift_report import encode
     from sklearn_service.model_store import stored_signature
-    from tests.mixed_data import write_penguins_csv
+    from harness.mixed_data import write_penguins_csv
 
     frame = write_penguins_csv(tmp_path / "penguins.csv")
     result = train(load_csv_dataset(str(tmp_path / "penguins.csv"), "species"), "logistic_regression")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.serving import ROOT
+from harness.browser import CHROMIUM, CHROMIUM_FLAGS
+from harness.serving import ROOT
 
-CHROMIUM = shutil.which("chromium")
-# no connection leaves the machine: the page's assets are served by BentoML itself
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make system-deps)")

@@ -18,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from tests.prometheus_text import delta, scrape
-from tests.serving import ROOT, Server, write_config
+from harness.prometheus_text import delta, scrape
+from harness.serving import ROOT, Server, write_config
 
 
 def fill(folder: Path) -> Path:

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from tests.import_cli import refused
+from harness.import_cli import refused
 from sklearn_service.model_requirements import missing_requirements, output_count, required_libraries
 
 

@@ -13,7 +13,7 @@ import skops.io
 from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LogisticRegression
 
-from tests.import_cli import refused
+from harness.import_cli import refused
 
 
 def _bomb(path, megabytes: int) -> None:

@@ -14,8 +14,8 @@ import pytest
 import requests
 import yaml
 
+from harness.serving import ROOT, Server
 from sklearn_service import config
-from tests.serving import ROOT, Server
 
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())

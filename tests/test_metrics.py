@@ -7,9 +7,9 @@ import json
 import numpy as np
 import requests
 
-from tests.load import run_load
-from tests.prometheus_text import delta, scrape, total
-from tests.serving import Server, write_config
+from harness.load import run_load
+from harness.prometheus_text import delta, scrape, total
+from harness.serving import Server, write_config
 
 
 def test_rows_outcomes_reasons_classes_and_drift_are_counted(server, post, trained, cancer):
@@ -105,7 +105,7 @@ def test_every_reason_a_request_is_refused_with_has_its_series():
     import re
 
     from sklearn_service.metrics import REJECT_REASONS
-    from tests.serving import ROOT
+    from harness.serving import ROOT
 
     not_refusals = {"unknown_model", "not_ready",  # V2 routes that predict nothing
                     "overloaded", "runner_unavailable", "runner_error"}  # runner trouble: outcome "error"

@@ -4,7 +4,6 @@ booleans and gaps, or brought by the user (.skops, .joblib); labels as trained; 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import bentoml
@@ -17,33 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import train as train_cli
-from sklearn_service.csv_data import load_csv_dataset
-from tests.test_hostile_input import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
-from tests.byo_models import flipper_regressor, penguin_classifier, penguin_frame
-from tests.mixed_data import FEATURES, json_rows, write_penguins_csv
-from tests.prometheus_text import delta, scrape
-from tests.serving import Server, write_config
+from harness.browser import CHROMIUM, CHROMIUM_ARGS
+from harness.byo_models import flipper_regressor, penguin_classifier, penguin_frame
+from harness.hostile import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
+from harness.mixed_data import FEATURES, json_rows
+from harness.prometheus_text import delta, scrape
+from harness.serving import Server, write_config
 
 
 def post(server, path, payload):
     return requests.post(server.url + path, json=payload, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def penguins_server(bentoml_home, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("penguins")
-    path = folder / "penguins.csv"
-    frame = write_penguins_csv(path)
-    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins"]) == 0
-    model = bentoml.models.get("penguins:latest")
-    config = write_config(folder, lambda s: s["services"]["SklearnService"].update(monitoring={
-        "enabled": True, "type": "default", "options": {"log_path": str(folder / "payload")}}))
-    with Server(bentoml_home, env={"MODEL_TAG": str(model.tag), "SERVICE_CONFIG": str(config)}) as srv:
-        srv.payload_logs = folder / "payload"
-        srv.frame = frame
-        srv.pipeline = bentoml.sklearn.load_model(model)
-        srv.model_frame = load_csv_dataset(path, "species").X
-        yield srv
 
 
 def test_trained_mixed_model_answers_as_the_pipeline_does_with_labels(penguins_server):
@@ -186,11 +168,6 @@ def test_a_model_saved_without_metadata_still_serves(bentoml_home):
         assert response.json()["predictions"] == pytest.approx(model.predict(rows).tolist(), rel=1e-12)
         meta = requests.get(srv.url + "/metadata", timeout=10).json()
         assert meta["input_schema"]["properties"]["island"]["enum"] == ["Biscoe", "Dream", "Torgersen", None]
-
-
-CHROMIUM = shutil.which("chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make system-deps)")

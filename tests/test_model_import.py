@@ -7,7 +7,6 @@ from pathlib import Path
 
 import bentoml
 import joblib
-import numpy as np
 import pytest
 import skops.io
 import sklearn
@@ -16,8 +15,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 import train as train_cli
+from harness.byo_models import flipper_regressor, numpy_classifier, penguin_classifier, penguin_frame
 from sklearn_service.signature import Signature
-from tests.byo_models import flipper_regressor, numpy_classifier, penguin_classifier, penguin_frame
 
 
 def store_tags() -> set[str]:

@@ -14,12 +14,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import train as train_cli
+from harness.byo_models import LIGHTGBM_TYPES, XGBOOST_TYPES
 
 xgboost = pytest.importorskip("xgboost")
 lightgbm = pytest.importorskip("lightgbm")
 
-XGBOOST_TYPES = ["xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
-LIGHTGBM_TYPES = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.sklearn.LGBMRegressor"]
 
 
 def data():

@@ -7,20 +7,17 @@ import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from tests.prometheus_text import scrape, total
-from tests.serving import ROOT, Server, free_port
+from harness.prometheus_server import MONITORING, needs_prometheus, prometheus, prometheus_query
+from harness.prometheus_text import scrape, total
+from harness.serving import Server
 
-MONITORING = ROOT / "monitoring"
-PROMTOOL, PROMETHEUS = shutil.which("promtool"), shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (make system-deps)")
-needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (make system-deps)")
 SUFFIXES = re.compile(r"_(bucket|sum|count)$")
 
 
@@ -72,12 +69,6 @@ def test_regressor_predicts_values_and_refuses_probabilities(regressor_server):
     assert total(scrape(regressor_server.url), "ml_predicted_value_count") == before + 3
 
 
-def prometheus_query(url: str, query: str) -> list:
-    answer = requests.get(url + "/api/v1/query", params={"query": query}, timeout=5).json()
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
 def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -> float | None:
     deadline, value = time.monotonic() + timeout, None
     while time.monotonic() < deadline and value != expected:
@@ -90,39 +81,18 @@ def wait_for_value(url: str, query: str, expected: float, timeout: float = 60) -
     return value
 
 
-@contextmanager
-def prometheus(tmp_path: Path, service: Server, rules: Path = MONITORING / "alerts.yml"):
-    """A real Prometheus that scrapes `service` and evaluates `rules` every second; yields its URL."""
-    scrape_config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    scrape_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    scrape_config["rule_files"] = [str(rules)]
-    job = next(j for j in scrape_config["scrape_configs"] if j["job_name"] == "sklearn-service")
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{service.port}"]}]
-    scrape_config["scrape_configs"] = [job]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape_config))
-    port = free_port()
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(20)
-
-
 @needs_prometheus
-def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, bentoml_home, trained, cancer):
+def test_a_real_prometheus_scrapes_what_was_sent(tmp_path, server, cancer):
     sent = 150
-    with Server(bentoml_home) as service, prometheus(tmp_path, service) as url:
+    earlier = total(scrape(server.url), "ml_predictions_total", endpoint="/predict", outcome="success")
+    with prometheus(tmp_path, server) as url:
         query = 'sum(ml_predictions_total{job="sklearn-service", endpoint="/predict", outcome="success"})'
         # one request first, so Prometheus holds a sample from before the rest arrive: rate() needs both
         for batch in (range(1), range(1, sent)):
             for i in batch:
-                assert requests.post(service.url + "/predict", json={"features": cancer["X"][i].tolist()},
+                assert requests.post(server.url + "/predict", json={"features": cancer["X"][i].tolist()},
                                      timeout=10).ok
-            assert wait_for_value(url, query, batch.stop) == batch.stop, \
+            assert wait_for_value(url, query, earlier + batch.stop) == earlier + batch.stop, \
                 (tmp_path / "prometheus.log").read_text()[-2000:]
         time.sleep(2.5)  # a few more scrapes so rate() has samples to work with
         p99 = prometheus_query(url, 'histogram_quantile(0.99, sum by (le) '

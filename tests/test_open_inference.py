@@ -10,7 +10,6 @@ import logging
 import math
 from types import SimpleNamespace
 
-import bentoml
 import numpy as np
 import pytest
 import requests
@@ -19,14 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-import tests.test_hostile_input as hostile
-import train as train_cli
+import harness.hostile as hostile
+from harness.mixed_data import FEATURES
+from harness.prometheus_text import delta, scrape
 from sklearn_service import open_inference
-from sklearn_service.errors import Overloaded, RequestError, runner_failure
-from sklearn_service.csv_data import load_csv_dataset
-from tests.mixed_data import FEATURES, write_penguins_csv
-from tests.prometheus_text import delta, scrape
-from tests.serving import Server
+from sklearn_service.errors import Overloaded, runner_failure
 
 ROWS = 40
 
@@ -349,12 +345,6 @@ def test_an_unreachable_runner_is_not_ready():
     assert asyncio.run(open_inference.runner_ready(Runner())) is False
 
 
-@pytest.fixture(scope="module")
-def keyed_server(bentoml_home, trained):
-    with Server(bentoml_home, env={"API_KEY": "v2-key"}) as srv:
-        yield srv
-
-
 def test_api_key_guards_v2_but_not_its_health_probes(keyed_server, model, cancer):
     for path in ("/v2/health/live", "/v2/health/ready"):
         assert v2(keyed_server, path).status_code == 200, path
@@ -364,23 +354,16 @@ def test_api_key_guards_v2_but_not_its_health_probes(keyed_server, model, cancer
     with client_for(keyed_server) as keyed:
         tensor_in = triton.InferInput("input-0", [2, 30], "FP64")
         tensor_in.set_data_from_numpy(cancer["X"][:2])
-        result = keyed.infer(model["name"], [tensor_in], headers={"Authorization": "Bearer v2-key"})
+        result = keyed.infer(model["name"], [tensor_in], headers={"Authorization": f"Bearer {keyed_server.api_key}"})
         assert result.as_numpy("predict").tolist() == model["pipeline"].predict(cancer["X"][:2]).tolist()
 
 
 # ---- a mixed-type model, one input per feature -------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def penguins(bentoml_home, tmp_path_factory):
-    path = tmp_path_factory.mktemp("penguins_v2") / "penguins.csv"
-    write_penguins_csv(path)
-    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins_v2"]) == 0
-    stored = bentoml.models.get("penguins_v2:latest")
-    X = load_csv_dataset(path, "species").X
-    with Server(bentoml_home, env={"MODEL_TAG": str(stored.tag)}) as srv:
-        srv.name, srv.version = stored.tag.name, stored.tag.version
-        srv.rows = X.dropna().iloc[:ROWS]  # tritonclient's tensors have no missing values
-        yield srv
+def penguins(penguins_server):
+    penguins_server.rows = penguins_server.model_frame.dropna().iloc[:ROWS]  # tritonclient's tensors have no gaps
+    return penguins_server
 
 
 def feature_inputs(rows, binary: bool) -> list:

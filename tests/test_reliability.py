@@ -18,8 +18,8 @@ import psutil
 import pytest
 import requests
 
-from tests.load import run_load
-from tests.serving import ROOT, Server, write_config
+from harness.load import run_load
+from harness.serving import ROOT, Server, write_config
 
 REFUSALS = (429, 503)
 
@@ -44,6 +44,7 @@ def assert_healthy(url: str, expected: float, row) -> None:
     assert requests.post(url + "/predict", json={"features": row}, timeout=5).json() == {"prediction": expected}
 
 
+@pytest.mark.soak
 def test_four_times_capacity_gets_answers_or_fast_refusals(server, trained, cancer):
     expected = trained["pipeline"].predict(cancer["X"]).astype(float)
     results = run_load(server.url, single_rows(cancer, 6000), clients=256, timeout=15)
@@ -123,12 +124,6 @@ def test_killed_runner_gives_fast_503s_then_recovers(bentoml_home, trained, canc
     assert all(r.body == {"prediction": expected[r.index % len(expected)]} for r in load.results if r.status == 200)
 
 
-@pytest.fixture(scope="module")
-def keyed_server(bentoml_home, trained):
-    with Server(bentoml_home, env={"API_KEY": "s3cret-key"}) as srv:
-        yield srv
-
-
 @pytest.mark.parametrize("headers, status", [
     ({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "s3cret-key"}, 401),
     ({"Authorization": "Bearer s3cret-key"}, 200), ({"Authorization": "bearer s3cret-key"}, 200),
@@ -156,10 +151,11 @@ def test_health_and_metrics_stay_open_with_a_key(keyed_server):
         assert requests.get(keyed_server.url + path, timeout=5).status_code == 200, path
 
 
+@pytest.mark.soak
 def test_soak_at_64_connections_has_no_errors_and_no_memory_growth():
     """150 s of mixed endpoints at 64 connections: no error, no disconnect, through as many runner
     calls as would have made BentoML's default (a session renewal every 100 calls) renew its session
-    many times over (see test_bentoml_fixes for what a renewal does to calls in flight)."""
+    many times over (see test_patches.py for what a renewal does to calls in flight)."""
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "150", "--connections", "64"],
                             capture_output=True, text=True, timeout=400, cwd=ROOT)
     print(result.stdout)

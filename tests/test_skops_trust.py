@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, SplineTransformer
 
 import train as train_cli
-from tests.import_cli import refused
+from harness.import_cli import refused
 
 
 def rewrite_schema(path, edit) -> None:

@@ -20,10 +20,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 import train as train_cli
-from tests.byo_models import CATEGORIES, penguin_frame
-from tests.mixed_data import FEATURES, json_rows
-from tests.serving import Server
-from tests.test_model_libraries import LIGHTGBM_TYPES, XGBOOST_TYPES
+from harness.byo_models import CATEGORIES, XGBOOST_TYPES, penguin_frame
+from harness.mixed_data import FEATURES, json_rows
+from harness.serving import Server
 
 xgboost = pytest.importorskip("xgboost")
 lightgbm = pytest.importorskip("lightgbm")

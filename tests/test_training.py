@@ -114,7 +114,7 @@ def test_cli_saves_with_metadata_and_if_missing_skips(tmp_path, capsys):
 
 
 def test_mixed_type_csv_trains_with_kinds_labels_and_missing_values(tmp_path, capsys):
-    from tests.mixed_data import FEATURES, write_penguins_csv
+    from harness.mixed_data import FEATURES, write_penguins_csv
 
     path = tmp_path / "penguins.csv"
     frame = write_penguins_csv(path)

@@ -28,11 +28,11 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 import train as train_cli
+from harness.serving import Server
 from sklearn_service import model_check
 from sklearn_service.model_check import ModelError, inspect
 from sklearn_service.serving_model import ServingModel, failing_rows
 from sklearn_service.signature import Signature
-from tests.serving import Server
 
 WEATHER = np.array(["fog", "rain", "sun"])
 

@@ -4,7 +4,7 @@ This package owns what every fix shares: the Fix type, the version guard, `apply
 and the skip list (`app.skip_fixes` in configuration.yaml). Each fix names the releases of the
 package it patches that it was written for and checked against (`versions`), and those of every
 other package whose internals it relies on (`also`); at start-up a fix outside them is skipped with
-a warning rather than patched blindly into code that may have changed. tests/test_bentoml_fixes.py
+a warning rather than patched blindly into code that may have changed. tests/test_patches.py
 shows each bug on the unpatched code, so after an upgrade those tests say which fixes are still needed.
 """
 
@@ -50,7 +50,7 @@ def status(fix: Fix, skip: frozenset[str]) -> str:
     for package, versions in ((fix.package, fix.versions), *fix.also):
         found = installed_version(package)
         if found not in SpecifierSet(versions):
-            return f"skipped: written for {package} {versions}, installed {found}; see tests/test_bentoml_fixes.py"
+            return f"skipped: written for {package} {versions}, installed {found}; see tests/test_patches.py"
     return "applied"
 
 

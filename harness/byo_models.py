@@ -9,10 +9,13 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from tests.mixed_data import penguins
+from harness.mixed_data import penguins
 
 NUMBERS = ["bill_length_mm", "flipper_length_mm"]
 CATEGORIES = ["island", "sex"]
+# what --trust-types must name for an XGBoost or LightGBM model in a pipeline
+XGBOOST_TYPES = ["xgboost.core.Booster", "xgboost.sklearn.XGBClassifier"]
+LIGHTGBM_TYPES = ["collections.OrderedDict", "lightgbm.basic.Booster", "lightgbm.sklearn.LGBMRegressor"]
 
 
 def penguin_frame(rows: int = 300, seed: int = 0):

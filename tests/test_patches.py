@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections import Counter
@@ -20,16 +21,16 @@ import pytest
 import requests
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
+from harness.load import run_load
+from harness.prometheus_text import scrape
+from harness.serving import Server, write_config
 from sklearn_service import patches
+from sklearn_service.middleware import RequestGuard
 from sklearn_service.patches import ORIGINAL, Fix
 from sklearn_service.patches import bentoml as bentoml_patches
 from sklearn_service.patches import uvicorn as uvicorn_patches
 from sklearn_service.patches import kantoku as kantoku_patches
-from sklearn_service.middleware import RequestGuard
 from sklearn_service.schemas import JsonArray
-from tests.load import run_load
-from tests.prometheus_text import scrape
-from tests.serving import Server, write_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,9 +134,13 @@ def test_starting_a_server_wipes_the_shared_metrics_dir_on_unpatched_bentoml(tmp
 
 
 def test_each_server_gets_its_own_metrics_dir(tmp_path):
-    (tmp_path / "counter_1.db").write_bytes(b"another server's counters")
-    first, second = bentoml.serving.ensure_prometheus_dir(), bentoml.serving.ensure_prometheus_dir()
-    assert first != second and (tmp_path / "counter_1.db").exists()
+    shared = tmp_path / "counter_1.db"
+    shared.write_bytes(b"another server's counters")
+    # called as the unpatched test calls BentoML's own: the shared directory named
+    first, second = (bentoml.serving.ensure_prometheus_dir(directory=str(tmp_path)) for _ in range(2))
+    assert len({first, second, str(tmp_path)}) == 3
+    assert all(os.path.isdir(d) and not os.listdir(d) for d in (first, second))
+    assert shared.read_bytes() == b"another server's counters"
 
 
 # --- client_errors_as_warnings -----------------------------------------------------------------

@@ -1,21 +1,45 @@
-"""Starts a real `bentoml serve` process for tests, on a free loopback port."""
+"""A real `bentoml serve` on a free loopback port, and ending a server's whole process tree:
+what the tests and the benchmark both start servers with."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import requests
 import yaml
 
-from bench.measure import stop as stop_tree
-
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def stop(process: subprocess.Popen, grace: float = 20) -> None:
+    """Ends the server and every process it started. BentoML's workers run in process groups of
+    their own: if the arbiter has to be killed, signalling its group would leave them running."""
+    try:
+        members = tree(process.pid)
+        os.killpg(process.pid, signal.SIGTERM)  # the arbiter stops its workers itself
+    except (psutil.Error, ProcessLookupError):
+        members = []
+    _, alive = psutil.wait_procs(members, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+    process.wait()
 
 
 def write_config(folder: Path, change) -> Path:
@@ -65,7 +89,7 @@ class Server:
 
     def stop(self, timeout: float = 20) -> int:
         if self.process.poll() is None:
-            stop_tree(self.process, timeout)  # workers too, even when the arbiter hangs
+            stop(self.process, timeout)  # workers too, even when the arbiter hangs
         self._log.close()
         return self.process.returncode
 
