@@ -32,10 +32,14 @@ def _model(request: Request) -> PredictionCore | None:
     return bentoml.get_current_service().model(asked["name"], asked.get("version"))
 
 
+def unknown_model(name: str, version: str | None) -> RequestError:
+    shown_version = f" version {shown(version)}" if version is not None else ""
+    return RequestError("unknown_model", f"no model {shown(name)}{shown_version} here", 404)
+
+
 def _unknown_model(request: Request) -> JSONResponse:
     asked = request.path_params
-    version = f" version {shown(asked['version'])}" if "version" in asked else ""
-    return protocol_error(RequestError("unknown_model", f"no model {shown(asked['name'])}{version} here", 404))
+    return protocol_error(unknown_model(asked["name"], asked.get("version")))
 
 
 async def server_metadata(request: Request) -> JSONResponse:

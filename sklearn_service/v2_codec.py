@@ -378,8 +378,7 @@ def encode_response(model_name: str, version: str, request_id: str | None,
     for output in outputs:
         tensor: dict[str, t.Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
         if output.binary:
-            chunks.append(_bytes_data(output.data) if output.datatype == "BYTES" else np.asarray(
-                output.data, dtype=np.dtype(NUMERIC[output.datatype]).newbyteorder("<")).tobytes())
+            chunks.append(tensor_bytes(output))
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
             tensor["data"] = output.data
@@ -388,6 +387,13 @@ def encode_response(model_name: str, version: str, request_id: str | None,
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def tensor_bytes(output: OutputTensor) -> bytes:
+    """An output's values as the protocol's raw bytes (little-endian; BYTES length-prefixed)."""
+    if output.datatype == "BYTES":
+        return _bytes_data(output.data)
+    return np.asarray(output.data, dtype=np.dtype(NUMERIC[output.datatype]).newbyteorder("<")).tobytes()
 
 
 def output_tensors(outputs: dict[str, bool], predictions: list, others: dict[str, np.ndarray],
