@@ -37,6 +37,7 @@ logger = logging.getLogger("sklearn_service")
 ENDPOINT = "grpc:ModelInfer"  # the metrics label of every gRPC inference request
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+LIVENESS = "liveness"  # the health service name that answers as /livez
 # HTTP statuses of RequestError as gRPC codes (gRPC's own for an oversized message: RESOURCE_EXHAUSTED)
 STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
                 404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -111,18 +112,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1: the server ("") and the inference service are SERVING while the runner is
-    ready, as /readyz; Kubernetes' gRPC probes and grpc_health_probe ask this."""
+    """grpc.health.v1, for Kubernetes' gRPC probes and grpc_health_probe: the server ("") and the
+    inference service are SERVING while the runner is ready, as /readyz; "liveness" while the
+    service is alive, as /livez (a probe names it in its `service` field)."""
 
     def __init__(self, service):
         self.service = service
 
     async def Check(self, request, context):
-        if request.service not in ("", SERVICE):
+        if request.service == LIVENESS:
+            up = self.service.__is_alive__()
+        elif request.service in ("", SERVICE):
+            up = await runner_ready(self.service.runner)
+        else:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:100]!r}")
-        ready = await runner_ready(self.service.runner)
-        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-        return health_pb2.HealthCheckResponse(status=status)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if up
+                                              else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
 class ApiKey(grpc.aio.ServerInterceptor):

@@ -141,7 +141,7 @@ def test_typed_answers_for_typed_requests(stub, served, model, cancer):
 def test_health_service_answers_for_the_server_and_the_protocol(served):
     with grpc.insecure_channel(served.grpc) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "inference.GRPCInferenceService"):
+        for service in ("", "inference.GRPCInferenceService", "liveness"):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
                 health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as unknown:
