@@ -5,7 +5,9 @@ API key; a mixed-type model by feature; metrics, payload log and 2 API workers; 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import train as train_cli
 from sklearn_service import grpc_inference
+from sklearn_service.errors import Overloaded, runner_failure
 from sklearn_service.training import load_csv_dataset
 from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
 from sklearn_service.v2_grpc import open_inference_grpc_pb2_grpc as pb_grpc
@@ -200,6 +203,26 @@ def test_bad_requests_get_the_rest_message_and_the_matching_code(stub, served, m
         rest = requests.post(served.url + path, json=body, timeout=30)
         assert (error.code(), error.details()) == (grpc_inference.STATUS_CODES[rest.status_code], rest.json()["error"])
         assert dict(error.trailing_metadata())["reason"]
+
+
+@pytest.mark.parametrize("failure, code, message, trailing", [
+    (Overloaded("busy"), grpc.StatusCode.UNAVAILABLE, "the service is overloaded, retry shortly",
+     {"reason": "overloaded", "retry-after": "1"}),
+    (ConnectionError("refused"), grpc.StatusCode.UNAVAILABLE, "the model is temporarily unavailable, retry shortly",
+     {"reason": "runner_unavailable", "retry-after": "1"}),
+    (ValueError("bug"), grpc.StatusCode.INTERNAL, "the model failed to answer; see the server log",
+     {"reason": "runner_error"}),
+])
+def test_runner_trouble_maps_to_unavailable_with_a_retry_hint_or_internal(failure, code, message, trailing):
+    class Context:  # what grpc.aio's abort is given
+        async def abort(self, *ended, trailing_metadata=()):
+            self.ended = (*ended, dict(trailing_metadata))
+            raise grpc.aio.AbortError()
+
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(grpc_inference.abort(context, runner_failure(failure, logging.getLogger("test"))))
+    assert context.ended == (code, message, trailing)
 
 
 def test_messages_over_max_body_bytes_are_refused_by_grpc(stub, model):

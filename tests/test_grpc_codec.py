@@ -7,11 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sklearn_service import grpc_codec, v2_codec
 from sklearn_service.errors import RequestError
 from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
 from sklearn_service.validation import RowEncoder
+from tests.test_hostile_input import HOSTILE
 from tests.test_v2_codec import CANCER, OUTPUTS, PENGUINS, ROW
 
 DTYPES = {"FP64": np.float64, "FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8, "BOOL": np.bool_}
@@ -225,3 +228,44 @@ def test_parameters_read_each_kind():
     message.parameters["d"].double_param = 0.5
     message.parameters["e"]  # noqa: B018 - set, with no value chosen
     assert grpc_codec.parameters(message.parameters) == {"a": True, "b": 7, "c": "x", "d": 0.5, "e": None}
+
+
+INT64 = st.integers(-2**63, 2**63 - 1)
+CONTENT_VALUES = {"bool_contents": st.booleans(), "int_contents": st.integers(-2**31, 2**31 - 1),
+                  "int64_contents": INT64, "uint_contents": st.integers(0, 2**32 - 1),
+                  "uint64_contents": st.integers(0, 2**64 - 1), "fp32_contents": st.floats(width=32),
+                  "fp64_contents": st.floats(), "bytes_contents": st.binary(max_size=8)}
+
+
+@st.composite
+def any_message(draw) -> pb.ModelInferRequest:
+    """Any request the wire can carry: any datatype string, int64 shape, raw bytes or typed values."""
+    message = pb.ModelInferRequest(model_name="m")
+    raw = draw(st.booleans())
+    for _ in range(draw(st.integers(1, 3))):
+        tensor = message.inputs.add(
+            name=draw(st.sampled_from(["input-0", "mean radius", "mean texture", "x"])),
+            datatype=draw(st.sampled_from([*v2_codec.DATATYPES, "FP128", ""])),
+            shape=draw(st.lists(st.one_of(st.integers(-2, 70), INT64), max_size=3)))
+        if raw:
+            message.raw_input_contents.append(draw(st.binary(max_size=600)))
+        else:
+            field = draw(st.sampled_from(sorted(CONTENT_VALUES)))
+            getattr(tensor.contents, field).extend(draw(st.lists(CONTENT_VALUES[field], max_size=70)))
+    if draw(st.booleans()):
+        message.raw_input_contents.append(b"extra")
+    for name in draw(st.lists(st.sampled_from(["predict", "predict_proba", "classes"]), max_size=2)):
+        message.outputs.add(name=name).parameters["binary_data"].int64_param = 1
+    return message
+
+
+@HOSTILE
+@given(message=any_message())
+def test_any_message_is_rows_or_a_clear_refusal(message):
+    try:
+        rows = rows_of(message)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500 and len(str(exc)) < 1000
+    else:
+        assert rows.shape[1] == 30
+    assert grpc_codec.received_rows(message) >= 0
