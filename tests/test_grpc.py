@@ -332,7 +332,9 @@ def test_two_workers_share_the_port_and_both_serve(tmp_path, bentoml_home, train
                 assert np.frombuffer(answer.raw_output_contents[0]).tolist() == expected
     files = sorted(logs.glob("predictions/data/*.log"))
     assert len(files) == 2  # both workers served
-    assert sum(len(f.read_text().splitlines()) for f in files) == 400
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert len(lines) == 400 and {line["endpoint"] for line in lines} == {"grpc:ModelInfer"}
+    assert [line["prediction"] for line in lines[:10]] == expected
 
 
 def test_sigterm_drains_calls_in_progress(bentoml_home, trained, model, cancer):
@@ -374,3 +376,27 @@ def test_sigterm_drains_calls_in_progress(bentoml_home, trained, model, cancer):
     assert {outcome for sent, _, outcome in calls if sent < signalled - 0.05} == {"ok"}
     assert {outcome for sent, _, outcome in calls if sent > exited} == {"UNAVAILABLE"}
     assert srv.process.returncode == 0 and exited - signalled < 15
+
+
+@pytest.mark.parametrize("env, settings, expected", [
+    ({}, {"port": 8001}, 8001), ({"GRPC_PORT": "9001"}, {"port": 8001}, 9001), ({"GRPC_PORT": ""}, {"port": 7001}, 7001),
+    ({"GRPC_PORT": "http"}, {"port": 8001}, None), ({"GRPC_PORT": "70000"}, {"port": 8001}, None),
+    ({}, {"port": "８００１"}, None),
+])
+def test_the_port_comes_from_grpc_port_else_the_settings(monkeypatch, env, settings, expected):
+    monkeypatch.delenv("GRPC_PORT", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    if expected is None:
+        with pytest.raises(SystemExit, match="the gRPC port"):
+            grpc_inference.port(settings)
+    else:
+        assert grpc_inference.port(settings) == expected
+
+
+def test_switched_off_no_server_starts():
+    start, stop = grpc_inference.hooks({"grpc": {"enabled": False}})
+    service = type("Service", (), {})()
+    asyncio.run(start(service))
+    assert service.grpc_server is None
+    asyncio.run(stop(service))  # nothing to stop
