@@ -164,34 +164,39 @@ def port(settings: dict) -> int:
     return value
 
 
-async def serve(service, app: dict) -> grpc.aio.Server:
+def address(settings: dict) -> str:
+    host = str(settings["host"])
+    return f"[{host}]:{port(settings)}" if ":" in host else f"{host}:{port(settings)}"  # IPv6 in brackets
+
+
+async def serve(service, app: dict, bind: str) -> grpc.aio.Server:
     """Starts a gRPC server for `service` (the API service's instance) in the running event loop."""
     traffic = config.service("SklearnService").get("traffic", {})
     key = configured_api_key(app)
     server = grpc.aio.server(
         interceptors=[ApiKey(key)] if key else [],
-        # beyond this many calls in progress gRPC refuses more (RESOURCE_EXHAUSTED), as HTTP does (503)
+        # beyond this many calls in progress gRPC refuses more (RESOURCE_EXHAUSTED), as HTTP does (429)
         maximum_concurrent_rpcs=traffic.get("max_concurrency"),
         options=[("grpc.max_receive_message_length", int(app["max_body_bytes"])),
                  ("grpc.so_reuseport", 1)])  # several workers, one port
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
     reflection.enable_server_reflection((SERVICE, HEALTH, reflection.SERVICE_NAME), server, pool=pb.POOL)
-    address = f"{app['grpc']['host']}:{port(app['grpc'])}"
-    server.add_insecure_port(address)  # raises when the address cannot be bound
+    server.add_insecure_port(bind)  # raises when the address cannot be bound
     await server.start()
-    logger.info("Open Inference Protocol over gRPC on %s", address)
+    logger.info("Open Inference Protocol over gRPC on %s", bind)
     return server
 
 
 def hooks(app: dict):
     """The API service's start-up and shutdown hooks: the gRPC server starts with each worker and,
     on shutdown (SIGTERM), takes no new calls and lets those in progress finish (up to
-    traffic.timeout seconds, the longest a call may take)."""
+    traffic.timeout seconds, the longest a call may take). A wrong port stops the service here, at import."""
+    bind = address(app["grpc"]) if app["grpc"]["enabled"] else None
 
     @bentoml.on_startup
     async def start_grpc(service) -> None:
-        service.grpc_server = await serve(service, app) if app["grpc"]["enabled"] else None
+        service.grpc_server = None if bind is None else await serve(service, app, bind)
 
     @bentoml.on_shutdown
     async def stop_grpc(service) -> None:

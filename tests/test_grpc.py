@@ -400,3 +400,8 @@ def test_switched_off_no_server_starts():
     asyncio.run(start(service))
     assert service.grpc_server is None
     asyncio.run(stop(service))  # nothing to stop
+
+
+def test_ipv6_hosts_are_bracketed():
+    assert grpc_inference.address({"host": "::", "port": 8001}) == "[::]:8001"
+    assert grpc_inference.address({"host": "0.0.0.0", "port": 8001}) == "0.0.0.0:8001"
