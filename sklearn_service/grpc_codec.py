@@ -54,7 +54,7 @@ def decode_request(request: pb.ModelInferRequest, outputs: t.Sequence[str]) -> t
     tensors = [_read_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(request.inputs)]
     asked = [{"name": o.name, "parameters": parameters(o.parameters)} for o in request.outputs]
     request_parameters = parameters(request.parameters)
-    chosen = v2_codec._outputs(asked, request_parameters, outputs)  # checks the names, as REST does
+    chosen = v2_codec.requested_outputs(asked, request_parameters, outputs)  # checks the names, as REST does
     wanted = [o["parameters"]["binary_data"] for o in asked if isinstance(o["parameters"].get("binary_data"), bool)]
     binary = request_parameters.get("binary_data_output")
     raw_answer = binary if isinstance(binary, bool) else any(wanted) if wanted else bool(raw)

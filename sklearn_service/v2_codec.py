@@ -276,7 +276,7 @@ def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequenc
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError("invalid_request", "id must be a string")
-    chosen = _outputs(document.get("outputs"), _parameters(document, ""), outputs)
+    chosen = requested_outputs(document.get("outputs"), _parameters(document, ""), outputs)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError("invalid_request", "inputs must be a non-empty list of tensors")
@@ -285,7 +285,8 @@ def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequenc
     return InferRequest(request_id, tensors, chosen)
 
 
-def _outputs(requested, parameters: dict, available: t.Sequence[str]) -> dict[str, bool]:
+def requested_outputs(requested, parameters: dict, available: t.Sequence[str]) -> dict[str, bool]:
+    """The outputs asked for (all when none are named), each with whether it goes back binary."""
     binary = parameters.get("binary_data_output") is True
     if requested is None or requested == []:  # the protocol: none named, every output
         return {name: binary for name in available}
