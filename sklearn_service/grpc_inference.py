@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import socket
 
 import bentoml
 import grpc
@@ -169,6 +170,21 @@ def address(settings: dict) -> str:
     return f"[{host}]:{port(settings)}" if ":" in host else f"{host}:{port(settings)}"  # IPv6 in brackets
 
 
+def check_bindable(settings: dict) -> None:
+    """Stops the service when the port is taken by another program: found only in a worker, the
+    failure would restart that worker forever, HTTP included. Ports held with SO_REUSEPORT by this
+    user (the service's other workers) bind; so would another copy of this service's (README)."""
+    host, number = str(settings["host"]), port(settings)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((host, number))
+        except OSError as exc:
+            raise SystemExit(f"error: the gRPC port {address(settings)} cannot be bound ({exc.strerror}): set "
+                             "GRPC_PORT (or app.grpc.port) to a free port, or app.grpc.enabled: false") from None
+
+
 async def serve(service, app: dict, bind: str) -> grpc.aio.Server:
     """Starts a gRPC server for `service` (the API service's instance) in the running event loop."""
     traffic = config.service("SklearnService").get("traffic", {})
@@ -191,8 +207,12 @@ async def serve(service, app: dict, bind: str) -> grpc.aio.Server:
 def hooks(app: dict):
     """The API service's start-up and shutdown hooks: the gRPC server starts with each worker and,
     on shutdown (SIGTERM), takes no new calls and lets those in progress finish (up to
-    traffic.timeout seconds, the longest a call may take). A wrong port stops the service here, at import."""
-    bind = address(app["grpc"]) if app["grpc"]["enabled"] else None
+    traffic.timeout seconds, the longest a call may take). A wrong or taken port stops the service here,
+    at import."""
+    bind = None
+    if app["grpc"]["enabled"]:
+        check_bindable(app["grpc"])
+        bind = address(app["grpc"])
 
     @bentoml.on_startup
     async def start_grpc(service) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -405,3 +406,19 @@ def test_switched_off_no_server_starts():
 def test_ipv6_hosts_are_bracketed():
     assert grpc_inference.address({"host": "::", "port": 8001}) == "[::]:8001"
     assert grpc_inference.address({"host": "0.0.0.0", "port": 8001}) == "0.0.0.0:8001"
+
+
+def test_a_port_another_program_holds_stops_the_service_at_start(bentoml_home, trained):
+    with socket.socket() as taken:  # no SO_REUSEPORT: not shareable
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        number = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match="cannot be bound .* set GRPC_PORT"):
+            grpc_inference.check_bindable({"host": "0.0.0.0", "port": number})
+        srv = Server(bentoml_home, env={"GRPC_PORT": str(number)})
+        try:
+            assert srv.process.wait(timeout=60) != 0  # exits at once, rather than restarting its worker
+        finally:
+            srv.stop()
+        assert "cannot be bound" in srv.log()
+    grpc_inference.check_bindable({"host": "0.0.0.0", "port": number})  # free again
