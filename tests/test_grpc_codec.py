@@ -269,3 +269,31 @@ def test_any_message_is_rows_or_a_clear_refusal(message):
     else:
         assert rows.shape[1] == 30
     assert grpc_codec.received_rows(message) >= 0
+
+
+@pytest.mark.parametrize("inputs", [
+    [("island", "BYTES", [2], ["Dream", "Biscoe"]), ("bill", "FP64", [1], [40.0])],           # uneven rows
+    [("island", "BYTES", [1], ["Dream"]), ("island", "BYTES", [1], ["Dream"])],                # twice
+    [("island", "BYTES", [1], ["Dream"]), ("beak", "FP64", [1], [1.0])],                      # not a feature
+    [("island", "BYTES", [1, 2], ["Dream", "Dream"]), ("bill", "FP64", [1], [1.0])],          # [N, 2]
+    [("bill", "FP64", [1], [40.0])],                                                          # island missing
+    [("island", "FP64", [1], [1.0]), ("bill", "FP64", [1], [40.0])],                          # not a category
+    [("island", "BYTES", [1], ["Atlantis"]), ("bill", "BYTES", [1], ["long"])],               # a string for a number
+], ids=["uneven", "twice", "unknown", "wide", "missing", "category", "number"])
+def test_by_feature_mistakes_get_the_rest_message(inputs):
+    message = pb.ModelInferRequest(model_name="m")
+    for name, datatype, shape, values in inputs:
+        tensor = message.inputs.add(name=name, datatype=datatype, shape=shape)
+        field = getattr(tensor.contents, grpc_codec.CONTENTS[datatype])
+        field.extend([v.encode() for v in values] if datatype == "BYTES" else values)
+    body = {"inputs": [{"name": n, "datatype": d, "shape": s, "data": v} for n, d, s, v in inputs]}
+
+    def refused(decode):
+        def call():
+            inference = decode()
+            RowEncoder(PENGUINS, reject_unseen=True).matrix(v2_codec.rows(inference, PENGUINS), 1000)
+        return refusal(call)
+
+    grpc_error = refused(lambda: grpc_codec.decode_request(message, OUTPUTS)[0])
+    rest_error = refused(lambda: v2_codec.decode_request({}, json.dumps(body).encode(), OUTPUTS))
+    assert grpc_error.status == 400 and (grpc_error.reason, str(grpc_error)) == (rest_error.reason, str(rest_error))
