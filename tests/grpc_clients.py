@@ -55,8 +55,8 @@ def triton(call: dict) -> dict:
         client.close()
     response = result.get_response()
     return {"id": response.id, "model_version": response.model_version, "raw": len(response.raw_output_contents) > 0,
-            "outputs": {o.name: {"datatype": o.datatype, "shape": list(o.shape), "data": _listed(result.as_numpy(o.name))}
-                        for o in response.outputs}}
+            "outputs": {o.name: {"datatype": o.datatype, "shape": list(o.shape),
+                                 "data": _listed(result.as_numpy(o.name))} for o in response.outputs}}
 
 
 async def kserve(call: dict) -> dict:

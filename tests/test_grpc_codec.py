@@ -118,7 +118,8 @@ def test_by_feature_inputs_missing_a_feature_as_rest():
 
 
 @pytest.mark.parametrize("build, words", [
-    (lambda: pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="a", datatype="FP64", shape=[1, 30])] * 2,
+    (lambda: pb.ModelInferRequest(inputs=[pb.ModelInferRequest.InferInputTensor(name="a", datatype="FP64",
+                                                                                 shape=[1, 30])] * 2,
                                   raw_input_contents=[np.ones(30).tobytes()]),
      "raw_input_contents holds 1 entries for 2 inputs"),
     (lambda: request([1, 30], np.ones(29).tobytes(), raw=True), "232 bytes of FP64 data, its shape needs 30 x 8"),
@@ -226,7 +227,7 @@ def test_parameters_read_each_kind():
     message.parameters["b"].int64_param = 7
     message.parameters["c"].string_param = "x"
     message.parameters["d"].double_param = 0.5
-    message.parameters["e"]  # noqa: B018 - set, with no value chosen
+    message.parameters["e"].Clear()  # set, with no value chosen
     assert grpc_codec.parameters(message.parameters) == {"a": True, "b": 7, "c": "x", "d": 0.5, "e": None}
 
 

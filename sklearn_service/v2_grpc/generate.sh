@@ -15,3 +15,7 @@ TOOLS=${GRPC_TOOLS_VENV:-/tmp/grpcio-tools-1.81.1}
 sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' \
     sklearn_service/v2_grpc/open_inference_grpc_pb2.py
 grep -q '^POOL = ' sklearn_service/v2_grpc/open_inference_grpc_pb2.py
+# generated: kept out of linters and type checks
+for generated in sklearn_service/v2_grpc/open_inference_grpc_pb2.py sklearn_service/v2_grpc/open_inference_grpc_pb2_grpc.py; do
+    sed -i '1a # ruff: noqa\n# mypy: ignore-errors' "$generated"
+done
