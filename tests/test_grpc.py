@@ -142,6 +142,22 @@ def test_typed_answers_for_typed_requests(stub, served, model, cancer):
     assert list(answer.outputs[0].contents.fp64_contents) == predict_batch(served, X.tolist())
 
 
+def test_concurrent_calls_each_get_their_own_rows_answers(served, model, cancer):
+    """64 calls at once, coalesced into shared runner calls: each answer is its own rows'."""
+    picks = [cancer["X"][i:i + 1 + i % 3] for i in range(64)]
+
+    async def calls():
+        async with grpc.aio.insecure_channel(served.grpc) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return await asyncio.gather(*(stub.ModelInfer(infer_request(model, list(rows.shape), rows.ravel()))
+                                          for rows in picks))
+
+    for rows, answer in zip(picks, asyncio.run(calls())):
+        assert np.frombuffer(answer.raw_output_contents[0]).tolist() == model["pipeline"].predict(rows).tolist()
+        assert np.frombuffer(answer.raw_output_contents[1]).reshape(-1, 2) == \
+            pytest.approx(model["pipeline"].predict_proba(rows))
+
+
 # ---- health and reflection -------------------------------------------------------------------------
 
 def test_health_service_answers_for_the_server_and_the_protocol(served):
