@@ -57,7 +57,7 @@ class ModelRunner:
 
     # async: the compiled path answers in microseconds, less than a hop to a worker thread (a batch
     # the model raises on is searched for its bad rows in one). Rows arrive encoded (see
-    # signature.py); classifiers answer class indices.
+    # category_codes.py); classifiers answer class indices.
     @bentoml.api(batchable=True, **RUNNER_BATCHING)
     async def predict(self, rows: np.ndarray) -> JsonArray:
         return await self.model.serve_async("predict", rows)

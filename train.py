@@ -15,10 +15,11 @@ import argparse
 import json
 import sys
 
-from sklearn_service.signature import describe
-from sklearn_service.user_input import Limits, shown_list
-from sklearn_service.training import MODEL_KINDS, TASKS, DataError, load_csv_dataset
-from sklearn_service.training import load_default_dataset, save_result, train
+from sklearn_service.csv_data import load_csv_dataset
+from sklearn_service.model_store import save_result
+from sklearn_service.signature import Signature
+from sklearn_service.training import MODEL_KINDS, TASKS, load_default_dataset, train
+from sklearn_service.user_input import DataError, Limits, shown_list
 
 DEFAULT_MODEL_NAME = "sklearn_model"
 
@@ -65,6 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("caps must be positive")
     args.limits = Limits(args.max_columns, args.max_cells, args.max_model_bytes)
     return args
+
+
+def describe(signature: Signature) -> list[str]:
+    """One line per feature, for people."""
+    lines = []
+    for f in signature.features:
+        extra = f"{len(f.category_list)} categories" if f.is_category else \
+            (f"{f.stats['min']:g} .. {f.stats['max']:g}" if f.stats else "")
+        lines.append(f"  {f.name}: {f.kind}{', missing values' if f.nullable else ''}{', ' + extra if extra else ''}")
+    return lines
 
 
 def existing_model(name: str):

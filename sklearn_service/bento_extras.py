@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from sklearn_service.model_checks import EXTRAS
+from sklearn_service.model_requirements import EXTRAS, stored_requirements
 
 ROOT = Path(__file__).resolve().parent.parent
 # BentoML refuses hidden files, so these two are plain names (not committed: written per build)
@@ -26,7 +26,7 @@ BENTOFILE, MODEL_BENTOFILE, MODEL_REQUIREMENTS = "bentofile.yaml", "bentofile.mo
 def bentofile_for(tag: str) -> Path:
     import bentoml
 
-    requires = bentoml.models.get(tag).info.metadata.get("requires", {})
+    requires = stored_requirements(bentoml.models.get(tag).info.metadata)
     unknown = [requires[module] for module in requires if module not in EXTRAS]
     if unknown:
         raise SystemExit(f"error: the model needs {', '.join(unknown)}, which has no requirements-*.txt here")

@@ -60,7 +60,8 @@ class Coalescer:
 
     def _send_waiting(self) -> None:
         while self._may_send():
-            group, count = [], 0
+            group: list[tuple[np.ndarray, asyncio.Future]] = []
+            count = 0
             while self._waiting and (not group or count + len(self._waiting[0][0]) <= self._max_rows):
                 rows, future = self._waiting.pop(0)
                 self._waiting_rows -= len(rows)

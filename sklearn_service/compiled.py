@@ -43,9 +43,9 @@ class CompiledPipeline:
         return self.model.score_samples(self.prepare(X))
 
 
-def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list | None:
+def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list[tuple | None] | None:
     """None for a numeric column, its category values for a categorical one (see compiled_preprocessing)."""
-    kinds = [None] * n_features
+    kinds: list[tuple | None] = [None] * n_features
     for column, values in (categories or {}).items():
         if not 0 <= column < n_features or any(value is None or is_scalar_nan(value) for value in values):
             return None  # no such column, or a category that scikit-learn would read as missing
@@ -55,7 +55,7 @@ def _column_kinds(n_features: int, categories: dict[int, list] | None) -> list |
 
 def compile_pipeline(pipeline, categories: dict[int, list] | None = None) -> CompiledPipeline | None:
     """The compiled pipeline for the serving matrix, where column i of `categories` holds codes into
-    categories[i] (-1 unseen, NaN missing); None where scikit-learn must serve the model."""
+    categories[i] (category_codes.py); None where scikit-learn must serve the model."""
     is_pipeline = isinstance(pipeline, Pipeline)
     final = pipeline.steps[-1][1] if is_pipeline else pipeline
     kinds = _column_kinds(getattr(pipeline, "n_features_in_", 0), categories)

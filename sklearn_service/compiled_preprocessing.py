@@ -1,7 +1,7 @@
 """Fitted transformers as numpy functions on the serving matrix, with scikit-learn's exact outputs.
 
-The matrix holds floats; a categorical column holds codes: k for the k-th value of
-its category list, -1 for a value no encoder has seen, NaN for missing. Each
+The matrix holds floats; a categorical column holds codes into its category list
+(category_codes.py: UNSEEN_CODE for a value no encoder has seen, NaN for missing). Each
 column is described by a *kind*: None for a numeric column, the tuple of its
 category values for a categorical one. `compile_transformer` turns a fitted
 transformer and the kinds of its input columns into a function and the kinds of
@@ -10,7 +10,7 @@ its output columns, or None when it cannot reproduce scikit-learn exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from sklearn.compose import ColumnTransformer
@@ -19,6 +19,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils._missing import is_scalar_nan
 from sklearn.utils._set_output import _get_output_config
+
+from sklearn_service.category_codes import UNSEEN_CODE
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Compiled = tuple[Transform, list] | None
@@ -48,7 +50,7 @@ class CodeTable:
     """Per-column lookup from code to an encoder's output number, built from
     number(column, position of the value in encoder.categories_[column] or -1, whether it is missing).
 
-    Column j's slots: 0 for unseen (-1), 1..K for codes 0..K-1, K+1 for missing."""
+    Column j's slots: 0 for unseen (UNSEEN_CODE), 1..K for codes 0..K-1, K+1 for missing."""
 
     def __init__(self, kinds, encoder, number: Callable, dtype):
         entries = []
@@ -62,7 +64,7 @@ class CodeTable:
         self.table = np.concatenate(entries)
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
-        slot = np.where(np.isnan(codes), self.missing_slot, codes + 1).astype(np.intp)
+        slot = np.where(np.isnan(codes), self.missing_slot, codes - UNSEEN_CODE).astype(np.intp)
         return self.table[slot + self.base]
 
 

@@ -2,8 +2,9 @@
 rows, against the training distribution recorded in the model's signature.
 
 Bins (the same ones `drift_report` uses offline):
-- numbers: the signature's training quantile bins, binned as `signature.bin_shares` does;
-- categories: one bin per training category plus one for unseen values (training share 0);
+- numbers: the signature's training quantile bins, binned as `profiling.bin_shares` does;
+- categories: one bin per training category plus one for unseen values (training share 0), on the
+  codes of category_codes.py;
 - class predictions: one bin per class; regression predictions: the target's quantile bins;
 - missing values: a bin of their own that PSI leaves out, because the training shares are over
   present values too (missingness is not drift of the distribution).
@@ -47,11 +48,14 @@ class Bins:
     """Flat bin layout of every tracked column: its edges, its training shares, and a missing bin."""
 
     def __init__(self, signature: Signature):
-        self.names, self.sources, self.edges, shares = [], [], [], []
+        self.names: list[str] = []
+        self.sources: list[int | None] = []  # feature index; None for the prediction
+        self.edges: list[np.ndarray] = []
+        shares: list[list[float]] = []
         for i, f in enumerate(signature.features):
             if f.is_category and f.category_shares:
-                # codes: -1 (unseen) -> bin 0, category j -> bin j + 1
-                self._add(f.name, i, np.arange(len(f.categories)) - 0.5, [0.0, *f.category_shares], shares)
+                # codes: UNSEEN_CODE (below every code) -> bin 0, category j -> bin j + 1
+                self._add(f.name, i, np.arange(len(f.category_list)) - 0.5, [0.0, *f.category_shares], shares)
             elif not f.is_category and f.stats and "bin_shares" in f.stats:
                 self._add(f.name, i, f.stats["bins"], f.stats["bin_shares"], shares)
         stats = signature.prediction_stats or {}
@@ -69,7 +73,7 @@ class Bins:
         self.counted = np.ones(self.size, bool)
         self.counted[self.missing] = False
 
-    def _add(self, name, source, edges, train_shares, shares):
+    def _add(self, name: str, source: int | None, edges, train_shares, shares: list[list[float]]) -> None:
         self.names.append(name)
         self.sources.append(source)
         self.edges.append(np.asarray(edges, dtype=float))

@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sklearn_service import category_codes
 from sklearn_service.drift import Bins
-from sklearn_service.signature import UNSEEN_CODE, Signature
-from sklearn_service.training import REFERENCE_FILE, TARGET_COLUMN, as_category, read_csv
+from sklearn_service.signature import Signature
+from sklearn_service.csv_data import as_category, read_csv
+from sklearn_service.model_store import REFERENCE_FILE, TARGET_COLUMN
 
 THRESHOLD = 0.2
 PREDICTION = "prediction"
@@ -55,17 +57,16 @@ def _numbers(column: pd.Series) -> np.ndarray:
 
 
 def _codes(column: pd.Series, categories: list) -> np.ndarray:
-    """Category values (text or numbers, as logged or read from CSV) as codes; unseen -1, missing NaN."""
-    lookup = {text: float(i) for i, text in enumerate(as_category(pd.Series(categories, dtype=object)))}
-    text = as_category(column)
-    return np.array([np.nan if pd.isna(v) else lookup.get(v, UNSEEN_CODE) for v in text])
+    """Category values (text or numbers, as logged or read from CSV) as codes (category_codes.py),
+    compared as text: 3.0 read from a CSV with gaps is the category 3."""
+    return category_codes.encode(as_category(column), list(as_category(pd.Series(categories, dtype=object))))
 
 
 def encode(signature: Signature, frame: pd.DataFrame, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """A table of decoded values as the service encodes rows (signature.py), and its target column.
+    """A table of decoded values as the service encodes rows (category_codes.py), and its target column.
     A feature the log never holds (every value null, so a log line may leave it out) is all missing."""
     frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *signature.names])))
-    rows = np.column_stack([_codes(frame[f.name], f.categories) if f.is_category else _numbers(frame[f.name])
+    rows = np.column_stack([_codes(frame[f.name], f.category_list) if f.is_category else _numbers(frame[f.name])
                             for f in signature.features])
     y = frame[target] if target in frame else pd.Series(np.nan, index=frame.index)
     labels = _codes(y, signature.classes) if signature.classes is not None else _numbers(y)
@@ -102,9 +103,9 @@ def summarize(signature: Signature, reference: pd.DataFrame, current: pd.DataFra
         by_category = signature.classes is not None if source is None else \
             signature.features[source].is_category or signature.features[source].kind == "boolean"
         segment = (bins.column == j) & bins.counted
-        values = (ref_counts[segment], cur_counts[segment]) if by_category else \
+        reference_values, current_values = (ref_counts[segment], cur_counts[segment]) if by_category else \
             ((ref_y, cur_y) if source is None else (ref_rows[:, source], cur_rows[:, source]))
-        test, statistic, p_value = _test(*values, by_category)
+        test, statistic, p_value = _test(reference_values, current_values, by_category)
         logged = int(np.count_nonzero(~np.isnan(cur_y if source is None else cur_rows[:, source])))
         lines.append({"feature": name, "values": logged, "test": test, "statistic": statistic, "p_value": p_value,
                       "psi": float(psi[j]), "drifted": bool(logged and psi[j] > THRESHOLD)})
@@ -117,7 +118,8 @@ def format_summary(summary: pd.DataFrame, rows: int) -> str:
     table = shown.drop(columns="values").to_string(
         index=False, formatters={"statistic": "{:.3f}".format, "p_value": "{:.2g}".format, "psi": "{:.3f}".format})
     drifted = summary.loc[summary["drifted"], "feature"].tolist()
-    verdict = f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted else f"no drift (every PSI <= {THRESHOLD})"
+    verdict = (f"drifted (PSI > {THRESHOLD}): {', '.join(drifted)}" if drifted
+               else f"no drift (every PSI <= {THRESHOLD})")
     if empty.any():
         verdict += f"\n{NO_VALUES}: {', '.join(summary.loc[empty, 'feature'])}"
     return f"{rows} logged rows against the training reference\n{table}\n{verdict}"
@@ -157,7 +159,7 @@ def write_html(signature: Signature, reference: pd.DataFrame, current: pd.DataFr
 def load_model(tag: str) -> tuple[Signature, pd.DataFrame]:
     import bentoml
 
-    from sklearn_service.signature import stored_signature
+    from sklearn_service.model_store import stored_signature
 
     model = bentoml.models.get(tag)
     path = Path(model.path) / REFERENCE_FILE

@@ -359,7 +359,7 @@ SUPPORTED = ("RandomForest and ExtraTrees, GradientBoosting and HistGradientBoos
 
 
 class Explainer:
-    """Exact contributions for rows of the serving matrix (signature.py: numbers, category codes)."""
+    """Exact contributions for rows of the serving matrix (numbers, category codes: category_codes.py)."""
 
     def __init__(self, prepare, core, predict, output_name: str, classes, to_features: np.ndarray,
                  names: list[str]):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sklearn_service.category_codes import is_unseen
 from sklearn_service.drift import DriftMonitor
-from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.signature import Signature
 
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -36,8 +37,16 @@ REJECT_REASONS = (
 
 
 class ServiceMetrics:
-    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None):
-        from prometheus_client import Counter, Gauge, Histogram
+    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None,
+                 registry=None):
+        """`registry`: where the metrics are registered, prometheus_client's default unless given (tests
+        give each instance its own)."""
+        import prometheus_client
+        from functools import partial
+
+        registry = prometheus_client.REGISTRY if registry is None else registry
+        Counter, Gauge, Histogram = (partial(kind, registry=registry) for kind in
+                                     (prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram))
 
         self.tag = tag
         self.feature_names = signature.names
@@ -68,7 +77,7 @@ class ServiceMetrics:
         else:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
-                                                  or Histogram.DEFAULT_BUCKETS))
+                                                  or prometheus_client.Histogram.DEFAULT_BUCKETS))
         # series for every known endpoint, outcome, reason, feature and class exist from start-up, at 0
         for endpoint in ENDPOINTS:
             self.latency.labels(endpoint)
@@ -89,7 +98,8 @@ class ServiceMetrics:
         # app.drift in configuration.yaml; off: not even the series exist
         self.drift = None
         if drift and drift["enabled"]:
-            self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"])
+            self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"],
+                                      registry=registry)
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
         # Runs for every request: label children are looked up once per endpoint or feature, and the
@@ -103,7 +113,7 @@ class ServiceMetrics:
                 if count:
                     self._out_of_range[column].inc(count)
         if self.category_columns:
-            unseen = np.count_nonzero(rows[:, self.category_columns] == UNSEEN_CODE, axis=0)
+            unseen = np.count_nonzero(is_unseen(rows[:, self.category_columns]), axis=0)
             for counter, count in zip(self._unseen, unseen.tolist()):
                 if count:
                     counter.inc(count)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn_service.model_checks import install_hint, missing_requirements, values_per_row
-from sklearn_service.signature import UNSEEN_CODE, Signature
+from sklearn_service.category_codes import UNSEEN_CODE
+from sklearn_service.model_requirements import install_hint, missing_requirements, stored_requirements, values_per_row
+from sklearn_service.signature import Signature
 
 FACTS_ENV = "SKLEARN_SERVICE_MODEL_FACTS"  # the check's answer, for the server's workers
 ENV_LIMIT = 100_000  # characters: Linux takes at most 128 KiB in one environment variable
@@ -64,7 +65,7 @@ class ModelFacts:
 
     @classmethod
     def from_json(cls, data: dict) -> "ModelFacts":
-        return cls(Signature.from_metadata({"signature": data["signature"]}), data["model_kind"],
+        return cls(Signature.from_dict(data["signature"]), data["model_kind"],
                    tuple(data["outputs"]))
 
 
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
     warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
     # by its folder: inside a bento the model lies in the bento's own store, not BENTOML_HOME's
     stored = bentoml.models.Model.from_path(argv[0]) if os.path.isdir(argv[0]) else bentoml.models.get(argv[0])
-    if missing := missing_requirements(stored.info.metadata.get("requires", {})):  # before loading fails on it
+    if missing := missing_requirements(stored_requirements(stored.info.metadata)):  # before loading fails on it
         print(f"model {stored.tag} cannot be loaded: {missing}", file=sys.stderr)
         return REFUSED
     try:
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:
         hint = ""
         if isinstance(exc, ModuleNotFoundError):
-            hint = (f"; the model uses code from module {exc.name!r}: {install_hint(exc.name or '')} "
+            hint = (f"; the model needs the module {exc.name!r}: {install_hint(exc.name or '')} "
                     "(a module of your own: make it importable here, PYTHONPATH or packed into the bento)")
         print(f"model {stored.tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         return REFUSED

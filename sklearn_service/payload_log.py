@@ -21,7 +21,8 @@ import bentoml
 import numpy as np
 
 from sklearn_service.log_limit import limited
-from sklearn_service.signature import Signature, decode_categories
+from sklearn_service.category_codes import decode
+from sklearn_service.signature import Signature
 from sklearn_service.user_input import RESERVED_NAMES, reserved_names, shown_list
 
 MONITOR_NAME = "predictions"
@@ -84,9 +85,9 @@ def decoded_columns(signature: Signature, rows: np.ndarray) -> dict[str, list]:
     for i, f in enumerate(signature.features):
         column = rows[:, i]
         if f.is_category:
-            columns[f.name] = decode_categories(column, f.categories, UNSEEN_TEXT, None).tolist()
-        else:
-            columns[f.name] = np.where(np.isnan(column), None, column).tolist()
+            columns[f.name] = decode(column, f.category_list, UNSEEN_TEXT, None).tolist()
+        else:  # numpy's stubs lack np.where(..., None, ...), which makes an object array
+            columns[f.name] = np.where(np.isnan(column), None, column).tolist()  # type: ignore[call-overload]
     return columns
 
 

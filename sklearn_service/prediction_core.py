@@ -40,7 +40,7 @@ class Answer:
 
 class PredictionCore:
     def __init__(self, info, signature: Signature, facts: model_check.ModelFacts, call_runner: RunnerCall,
-                 app: dict, monitoring: dict):
+                 app: dict, monitoring: dict, registry=None):
         self.signature = signature
         self.schema = RowEncoder(signature, reject_unseen=app["unknown_categories"] == "reject")
         self.model_kind = facts.model_kind
@@ -57,7 +57,7 @@ class PredictionCore:
                          "input_schema": signature.json_schema(), "signature": signature.to_metadata(),
                          **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
         self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], signature, facts.model_kind,
-                                      drift=app["drift"])
+                                      drift=app["drift"], registry=registry)
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), signature)
         limits = dict(max_rows=self.max_rows, max_waiting_rows=int(app["max_queued_rows"]),
                       stall_after=float(app["runner_stall_seconds"]))

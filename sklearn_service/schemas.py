@@ -12,13 +12,13 @@ from sklearn_service.signature import Signature
 
 # One JSON value of a row. Validation against the signature (validation.py) names the
 # feature in its error, so the request type itself accepts any scalar.
-Value = t.Union[StrictBool, StrictInt, StrictFloat, StrictStr, None]
-RawRow = t.Union[t.List[Value], t.Dict[str, Value]]
+Value = StrictBool | StrictInt | StrictFloat | StrictStr | None
+RawRow = list[Value] | dict[str, Value]
 # What the runner's APIs answer. The declared media type spares BentoML a JSON schema of the array
 # built for every response just to name it (~12 % of the runner's CPU).
 JsonArray = t.Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]
 # A prediction: a number, or the class label as trained (numbers as floats, strings as strings).
-Label = t.Union[StrictFloat, StrictStr, StrictBool]
+Label = StrictFloat | StrictStr | StrictBool
 
 
 def label_value(label):
@@ -44,9 +44,9 @@ class Prediction(BaseModel):
 
 
 class Predictions(BaseModel):
-    predictions: t.List[Label] = Field(description="one prediction per instance, in request order")
+    predictions: list[Label] = Field(description="one prediction per instance, in request order")
 
 
 class Probabilities(BaseModel):
     prediction: Label
-    probabilities: t.Dict[str, float] = Field(description="class label -> probability")
+    probabilities: dict[str, float] = Field(description="class label -> probability")

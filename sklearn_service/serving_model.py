@@ -1,7 +1,7 @@
 """The model as the runner serves it: encoded rows in, class indices or values out.
 
 A compiled path answers small calls; scikit-learn the rest, on the input the model
-was fitted on (see Signature.to_model_input). `predict` is always the model's own
+was fitted on (model_input.py). `predict` is always the model's own
 predict (never an argmax of probabilities: for some models, e.g. SVC(probability=True),
 they differ); `predict_all` answers predict and the model's other outputs together,
 from one call per method.
@@ -19,6 +19,7 @@ import logging
 
 import numpy as np
 
+from sklearn_service.category_codes import UNSEEN_CODE
 from sklearn_service.compiled import compile_pipeline
 from sklearn_service.log_limit import limited
 from sklearn_service.model_check import output_columns
@@ -36,7 +37,7 @@ def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndar
     columns = []
     for f in signature.features:
         if f.is_category:
-            column = rng.integers(-1, len(f.categories), count).astype(float)
+            column = rng.integers(int(UNSEEN_CODE), len(f.categories), count).astype(float)  # every code, and unseen
         elif f.kind == "boolean":
             column = rng.integers(0, 2, count).astype(float)
         elif f.stats:

@@ -17,9 +17,8 @@ import zipfile
 
 import numpy as np
 
-from sklearn_service.model_checks import children, missing_module
-from sklearn_service.training import DataError
-from sklearn_service.user_input import shown, shown_list
+from sklearn_service.model_requirements import children, missing_module
+from sklearn_service.user_input import DataError, shown, shown_list
 
 TREE = "sklearn.tree._tree.Tree"
 HIST_TREE = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
@@ -198,12 +197,13 @@ def _check_libsvm(svm) -> None:
             sp.csr_matrix(matrix).check_format(full_check=True)  # indices within shape, indptr ordered
     n_classes = len(n_support) if classifier else 1
     count = len(support)
-    if support.ndim != 1 or n_support.ndim != 1 or np.any(n_support < 0) or \
-            int(svm.n_support_.sum()) != count or (classifier and n_classes < 2) or (not classifier and len(n_support) != 2):
+    if support.ndim != 1 or n_support.ndim != 1 or np.any(n_support < 0) or int(svm.n_support_.sum()) != count or \
+            (classifier and n_classes < 2) or (not classifier and len(n_support) != 2):
         refuse("support vector counts do not add up")
     if np.any((support < 0) | (support >= n_rows)):
         refuse("support indices point outside the training rows")
-    if not precomputed and (vectors.ndim != 2 or vectors.shape != (count, n_columns) or n_columns != svm.n_features_in_):
+    if not precomputed and (vectors.ndim != 2 or vectors.shape != (count, n_columns)
+                            or n_columns != svm.n_features_in_):
         refuse("support vectors do not have the shape its counts say")
     pairs = n_classes * (n_classes - 1) // 2 if classifier else 1
     if svm._dual_coef_.shape != (max(n_classes - 1, 1), count) or np.shape(svm._intercept_) != (pairs,):

@@ -1,4 +1,5 @@
-"""Caps on what train.py takes in, and how its messages quote what a user's file holds.
+"""Caps on what train.py takes in, how its messages quote what a user's file holds, and DataError,
+its one-line refusal.
 
 Each cap is a default here, in one place (train.py has an option for the three in Limits). A file
 over a cap is refused with one line before it can take the memory or time it would need.
@@ -20,9 +21,13 @@ MAX_NAME_CHARS = 1_000               # a column or feature name (it labels metri
 SHOWN_CHARS = 60                     # how much of one user value a message quotes
 SHOWN_ITEMS = 8                      # how many names a message lists
 # Columns the payload log (BentoML's monitor: timestamp, request_id, trace_id, and bento_meta for
-# OTLP; ours: endpoint, prediction) and the stored reference sample (training.TARGET_COLUMN) write
+# OTLP; ours: endpoint, prediction) and the stored reference sample (model_store.TARGET_COLUMN) write
 # beside the features: a feature so named would overwrite or be renamed in them.
 RESERVED_NAMES = ("endpoint", "prediction", "timestamp", "request_id", "trace_id", "bento_meta", "__target__")
+
+
+class DataError(ValueError):
+    """A user's data or model file cannot be used; the message says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,7 @@ def shown(value, limit: int = SHOWN_CHARS) -> str:
         try:
             text = str(value)
         except ValueError:  # an int past Python's digit limit for str()
-            return f"an integer of {value.bit_length():,} bits"
+            return f"an integer of {int(value).bit_length():,} bits"
         return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} digits)"
     text = str(value)
     cut = text[:limit]

@@ -2,7 +2,7 @@
 
 Runs in the API service before anything is batched, so one bad request can never
 fail the requests that would have shared its batch. Categories become codes into
-the signature's category lists (see signature.py).
+the signature's category lists (category_codes.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from itertools import chain
 
 import numpy as np
 
+from sklearn_service.category_codes import UNSEEN_CODE, code_table
 from sklearn_service.errors import RequestError
-from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
+from sklearn_service.signature import Feature, Signature
 from sklearn_service.user_input import shown, shown_list
 
 NOTHING = type(None)
@@ -58,9 +59,9 @@ class RowEncoder:
         self.features = signature.features
         self.names = signature.names
         self.index = {name: i for i, name in enumerate(self.names)}
-        self.codes = [self._code_table(f) if f.is_category else None for f in self.features]
+        self.codes = {i: self._code_table(f) for i, f in enumerate(self.features) if f.is_category}
         # what an unseen category may look like: a string for string categories, else any scalar
-        self.category_types = [(str,) if f.is_category and all(isinstance(c, str) for c in f.categories)
+        self.category_types = [(str,) if f.is_category and all(isinstance(c, str) for c in f.category_list)
                                else (str, int, float) for f in self.features]
         self.refuse_unseen = [f.is_category and (reject_unseen or f.unseen_categories == "refused")
                               for f in self.features]
@@ -70,8 +71,9 @@ class RowEncoder:
 
     @staticmethod
     def _code_table(f: Feature) -> dict:
-        table = {value: float(code) for code, value in enumerate(f.categories)}
-        if all(isinstance(c, str) for c in f.categories):  # numbers sent for string categories, e.g. 94110 for "94110"
+        categories = f.category_list
+        table = code_table(categories)
+        if all(isinstance(c, str) for c in categories):  # numbers sent for string categories, e.g. 94110 for "94110"
             table.update([(int(c), code) for c, code in table.items() if c.lstrip("-").isdigit()])
         return table
 
@@ -88,9 +90,9 @@ class RowEncoder:
                 return code
             if not isinstance(value, self.category_types[i]):
                 raise RequestError("wrong_type", f"{where}feature {f.name!r} must be a category "
-                                                 f"such as {f.categories[0]!r}, got {_shown(value)}")
+                                                 f"such as {f.category_list[0]!r}, got {_shown(value)}")
             if self.refuse_unseen[i]:
-                known = ", ".join(map(repr, f.categories[:10])) + (", ..." if len(f.categories) > 10 else "")
+                known = ", ".join(map(repr, f.category_list[:10])) + (", ..." if len(f.category_list) > 10 else "")
                 raise RequestError("unknown_category", f"{where}feature {f.name!r} has no category {shown(value)}; "
                                                        f"known: {known}")
             return UNSEEN_CODE

@@ -313,7 +313,7 @@ def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkey
 
 def test_serving_model_compiles_mixed_pipelines_trained_here():
     from tests.mixed_data import penguins
-    from sklearn_service.training import Dataset, prepare_features
+    from sklearn_service.csv_data import Dataset, prepare_features
 
     frame = penguins(300)
     X, kinds, _ = prepare_features(frame.drop(columns=["species"]))

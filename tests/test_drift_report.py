@@ -22,7 +22,7 @@ from sklearn_service.drift_html import SCRIPT
 from sklearn_service.drift_report import REPORT_PYTHON, load_model, read_log, summarize
 from sklearn_service.payload_log import decoded_columns
 from sklearn_service.signature import Signature
-from sklearn_service.training import load_csv_dataset
+from sklearn_service.csv_data import load_csv_dataset
 from sklearn_service.validation import RowEncoder
 from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
 from tests.serving import ROOT

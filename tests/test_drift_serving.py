@@ -15,7 +15,7 @@ import yaml
 import train as train_cli
 from sklearn_service.drift import Bins
 from sklearn_service.drift_report import PREDICTION, encode, read_log
-from sklearn_service.signature import stored_signature
+from sklearn_service.model_store import stored_signature
 from tests.load import run_load
 from tests.mixed_data import FEATURES, json_rows, penguins, write_penguins_csv
 from tests.prometheus_text import scrape, total

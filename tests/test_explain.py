@@ -27,9 +27,11 @@ from threadpoolctl import threadpool_limits
 
 from sklearn_service.drift_report import encode
 from sklearn_service import explain
+from sklearn_service.category_codes import UNSEEN_CODE
+from sklearn_service.csv_data import Dataset, prepare_features
 from sklearn_service.explain import Explainer, NotExplainable, ranked
-from sklearn_service.signature import UNSEEN_CODE, Signature
-from sklearn_service.training import Dataset, load_default_dataset, prepare_features, train
+from sklearn_service.signature import Signature
+from sklearn_service.training import load_default_dataset, train
 from tests.mixed_data import FEATURES, penguins
 
 HELD_OUT = 25

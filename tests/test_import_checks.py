@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from tests.import_cli import refused
-from sklearn_service.model_checks import missing_requirements, output_count, required_libraries
+from sklearn_service.model_requirements import missing_requirements, output_count, required_libraries
 
 
 def wages(rows=100):
@@ -77,6 +77,6 @@ def test_a_model_needing_an_uninstalled_library_names_the_command():
     assert missing_requirements({"numpy": "numpy==2"}) is None
     line = missing_requirements({"catboost_not_here": "catboost==1.2.10"})
     assert line and "catboost==1.2.10" in line
-    from sklearn_service.model_checks import install_hint
+    from sklearn_service.model_requirements import install_hint
 
     assert install_hint("xgboost.sklearn") == "pip install -r requirements-xgboost.txt"

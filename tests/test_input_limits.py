@@ -111,7 +111,8 @@ def test_the_reference_data_is_capped_too(tmp_path, capsys):
 
 
 def test_a_header_with_a_lone_carriage_return_is_one_line_not_a_traceback(tmp_path):
-    from sklearn_service.training import DataError, read_csv
+    from sklearn_service.csv_data import read_csv
+    from sklearn_service.user_input import DataError
 
     path = tmp_path / "cr.csv"
     path.write_bytes(b"a,b\rc,y\n" + b"".join(b"%d,%d,%d\n" % (i, i, i % 2) for i in range(40)))
@@ -125,7 +126,8 @@ def test_a_header_with_a_lone_carriage_return_is_one_line_not_a_traceback(tmp_pa
     (".csv.xz", lambda b: __import__("lzma").compress(b)),
 ])
 def test_a_compressed_csv_is_read_and_its_header_checked(suffix, compress, tmp_path):
-    from sklearn_service.training import DataError, read_csv
+    from sklearn_service.csv_data import read_csv
+    from sklearn_service.user_input import DataError
 
     rows = b"".join(b"%d,%d,%d\n" % (i, i % 3, i % 2) for i in range(20))
     good = tmp_path / ("good" + suffix)
@@ -154,7 +156,7 @@ def test_feature_names_the_payload_log_uses_are_refused_at_train_and_import(name
 
 
 def test_a_reserved_name_may_be_the_target(tmp_path):
-    from sklearn_service.training import load_csv_dataset
+    from sklearn_service.csv_data import load_csv_dataset
 
     data = tmp_path / "data.csv"
     pd.DataFrame({"a": np.arange(20.0), "prediction": np.arange(20) % 2}).to_csv(data, index=False)

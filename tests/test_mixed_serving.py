@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import train as train_cli
-from sklearn_service.training import load_csv_dataset
+from sklearn_service.csv_data import load_csv_dataset
 from tests.test_hostile_input import ANY_JSON, HOSTILE, assert_clear_client_answer, fuzz_openapi
 from tests.byo_models import flipper_regressor, penguin_classifier, penguin_frame
 from tests.mixed_data import FEATURES, json_rows, write_penguins_csv

@@ -23,7 +23,7 @@ import tests.test_hostile_input as hostile
 import train as train_cli
 from sklearn_service import open_inference
 from sklearn_service.errors import Overloaded, RequestError, runner_failure
-from sklearn_service.training import load_csv_dataset
+from sklearn_service.csv_data import load_csv_dataset
 from tests.mixed_data import FEATURES, write_penguins_csv
 from tests.prometheus_text import delta, scrape
 from tests.serving import Server
@@ -297,14 +297,12 @@ def test_v2_requests_count_in_the_service_metrics(server, model, cancer):
     assert delta(before, after, "ml_rejected_requests_total", endpoint="/v2/infer", reason="wrong_shape") == 1
 
 
+# what received_rows reads from each kind of body is tested in-process (test_v2_codec); these show
+# the counters take it, for a refusal in the codec, in the row mapping and in validation
 @pytest.mark.parametrize("body, received", [
     (tensor([10 ** 308, 30], ROW), 1),
-    (tensor([10 ** 18, 30], [ROW, ROW]), 2),
-    (tensor([10 ** 400, 30], ROW), 1),
-    (tensor("30", ROW), 30),
-    ({"inputs": "x"}, 0),
-    (tensor([5, 30], ROW[:29]), 1),
     (tensor([3], ROW[:3], name="mean radius"), 3),
+    (tensor([2, 30], [ROW, [None] * 30]), 2),
 ])
 def test_refused_requests_count_the_rows_received_not_the_rows_claimed(server, model, body, received):
     """A shape claiming 10**308 rows added them to the counter (twice: +Inf until a restart)."""

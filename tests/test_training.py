@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 import train as train_cli
-from sklearn_service.training import DataError, infer_task, load_csv_dataset, load_default_dataset, train
+from sklearn_service.csv_data import load_csv_dataset
+from sklearn_service.training import DataError, infer_task, load_default_dataset, train
 
 
 def test_default_training_is_seeded_and_reports_holdout_metrics():

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from sklearn_service.errors import RequestError
-from sklearn_service.signature import UNSEEN_CODE, Feature, Signature
+from sklearn_service.category_codes import UNSEEN_CODE
+from sklearn_service.signature import Feature, Signature
 from sklearn_service.validation import RowEncoder
 
 SCHEMA = RowEncoder(Signature([Feature("a"), Feature("b"), Feature("c")]))

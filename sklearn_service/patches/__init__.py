@@ -11,9 +11,9 @@ shows each bug on the unpatched code, so after an upgrade those tests say which 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
-from typing import Callable
 
 from packaging.specifiers import SpecifierSet
 

@@ -14,7 +14,8 @@ import logging
 import random
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import bentoml.serving
 
@@ -39,7 +40,7 @@ BENTOML = ">=1.4.30,<=1.4.40"  # the BentoML releases whose source these were ch
 PYDANTIC = ">=2.11,<=2.14.4"  # model_fields_from_the_class reads pydantic's __pydantic_fields__
 STARLETTE = "==1.10.0"  # metrics_by_route reads Starlette's route table and compile_path()
 
-ORIGINAL = {
+ORIGINAL: dict[str, Any] = {  # what each fix replaces: functions, classes, tables of methods
     "TimeoutMiddleware.__call__": TimeoutMiddleware.__call__,
     "MaxConcurrencyMiddleware.__call__": MaxConcurrencyMiddleware.__call__,
     "ensure_prometheus_dir": bentoml.serving.ensure_prometheus_dir,
@@ -82,7 +83,7 @@ async def _timeout_call(self: TimeoutMiddleware, scope, receive, send) -> None:
     task.add_done_callback(finished)
     try:
         await waiter
-    except asyncio.TimeoutError:
+    except TimeoutError:
         if task.cancel():
             message = f"Not able to process the request in {self.timeout} seconds"
             await JSONResponse({"error": message}, status_code=504)(scope, receive, send)
@@ -294,12 +295,12 @@ def _monitor_init_logger(self: DefaultMonitor) -> None:
     payload_log.row_not_written: counted, logged once per interval."""
     ORIGINAL["DefaultMonitor._init_logger"](self)
     for monitor_logger in (self.data_logger, self.schema_logger):
-        for handler in monitor_logger.handlers:
+        for handler in monitor_logger.handlers:  # type: ignore[attr-defined]  # declared None, set by _init_logger
             handler.handleError = functools.partial(payload_log.row_not_written, handler)
 
 
 
-FIXES = [
+FIXES: list[Fix] = [
     Fix("timeout_timer_cancelled", "bentoml", BENTOML, lambda: setattr(TimeoutMiddleware, "__call__", _timeout_call)),
     Fix("retry_after_on_429", "bentoml", BENTOML,
         lambda: setattr(MaxConcurrencyMiddleware, "__call__", _max_concurrency_call_with_retry_after)),

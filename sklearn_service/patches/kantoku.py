@@ -4,6 +4,8 @@ The arbiter's part of drain_without_resets lives with its uvicorn part, in patch
 
 from __future__ import annotations
 
+from typing import Any
+
 from circus.arbiter import Arbiter
 from tornado import gen
 
@@ -14,7 +16,7 @@ from sklearn_service.patches.bentoml import BENTOML
 
 KANTOKU = "==0.18.3"  # the kantoku releases whose source these were checked against
 
-ORIGINAL = {"Arbiter._stop_watchers": Arbiter._stop_watchers, "BentoArbiter.stop": BentoArbiter.stop}
+ORIGINAL: dict[str, Any] = {"Arbiter._stop_watchers": Arbiter._stop_watchers, "BentoArbiter.stop": BentoArbiter.stop}
 
 ENTRY_WATCHER = "service"  # BentoML's name for the entry service's workers; dependencies are service_<Name>
 
@@ -38,7 +40,7 @@ def _stop_then_clean_up(self: BentoArbiter):
     return stopping
 
 
-FIXES = [
+FIXES: list[Fix] = [
     # relies on BentoML's name for the entry service's watcher
     Fix("entry_service_stops_first", "kantoku", KANTOKU,
         lambda: setattr(Arbiter, "_stop_watchers", _stop_entry_service_first), also=(("bentoml", BENTOML),)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from typing import Any
 
 from prometheus_client import mmap_dict
 from prometheus_client import values as prometheus_values
@@ -14,7 +15,7 @@ from sklearn_service.patches import Fix
 
 logger = logging.getLogger(__name__)
 
-ORIGINAL = {"MmapedDict": prometheus_values.MmapedDict}
+ORIGINAL: dict[str, Any] = {"MmapedDict": prometheus_values.MmapedDict}
 
 
 class AllocatedMetricFile(mmap_dict.MmapedDict):
@@ -31,7 +32,7 @@ class AllocatedMetricFile(mmap_dict.MmapedDict):
 
     dropped = 0  # series of this process kept in memory only
 
-    def __init__(self, filename, read_mode=False):
+    def __init__(self, filename, read_mode=False) -> None:
         self._spilled: dict[str, tuple[float, float]] = {}
         self._memory_only = False
         if not read_mode:
@@ -87,7 +88,7 @@ class AllocatedMetricFile(mmap_dict.MmapedDict):
 
 
 
-FIXES = [
+FIXES: list[Fix] = [
     Fix("metric_files_allocated", "prometheus_client", "==0.26.0",
         lambda: setattr(prometheus_values, "MmapedDict", AllocatedMetricFile)),
 ]

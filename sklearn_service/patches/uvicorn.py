@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import threading
+from typing import Any
 
 from circus.arbiter import Arbiter
 from tornado import gen
@@ -27,7 +28,7 @@ INVALID_REQUEST = ("Invalid HTTP request received.",)  # what each of uvicorn's 
 
 UVICORN = "==0.54.0"  # the uvicorn releases whose source these were checked against
 
-ORIGINAL = {
+ORIGINAL: dict[str, Any] = {  # what each fix replaces: functions, classes, tables of methods
     "HttpToolsProtocol": {name: getattr(HttpToolsProtocol, name) for name in
                           ("connection_made", "on_message_begin", "on_headers_complete", "connection_lost",
                            "shutdown", "_start_asgi_task")},
@@ -113,7 +114,7 @@ def _install_drain_without_resets() -> None:
     @contextlib.contextmanager
     def capture_signals(self: UvicornServer):
         def server_stopping(sig, frame) -> None:
-            self.stops_listening = True
+            self.stops_listening = True  # type: ignore[attr-defined]  # an attribute of this fix's own
             self.handle_exit(signal.SIGTERM, frame)
 
         with capture(self):
@@ -135,7 +136,8 @@ def _install_drain_without_resets() -> None:
             for connection in queued:
                 try:
                     await loop.connect_accepted_socket(
-                        lambda: config.http_protocol_class(config=config, server_state=self.server_state,
+                        # typed as asyncio.Protocol: uvicorn's own classes take these
+                        lambda: config.http_protocol_class(config=config, server_state=self.server_state,  # type: ignore[call-arg]
                                                            app_state=self.lifespan.state),
                         connection, ssl=config.ssl)
                 except OSError:  # the client has gone
@@ -145,9 +147,10 @@ def _install_drain_without_resets() -> None:
     def connection_shutdown(self: HttpToolsProtocol) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
             return protocol_shutdown(self)  # answers with Connection: close, then closes
-        self.draining = True
+        self.draining = True  # type: ignore[attr-defined]  # an attribute of this fix's own
         if self.scope is None and self.timeout_keep_alive_task is None:  # nothing received yet
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
 
     def start_request(self: HttpToolsProtocol, cycle, app) -> None:
         if getattr(self, "draining", False):
@@ -162,8 +165,9 @@ def _install_drain_without_resets() -> None:
                     watcher.stop_signal = SERVER_STOPPING
         yield stop_watchers(self, close_output_streams, watcher_iter_func)
 
-    UvicornServer.capture_signals, UvicornServer.shutdown = capture_signals, shutdown
-    HttpToolsProtocol.shutdown, HttpToolsProtocol._start_asgi_task = connection_shutdown, start_request
+    UvicornServer.capture_signals, UvicornServer.shutdown = capture_signals, shutdown  # type: ignore[method-assign]
+    HttpToolsProtocol.shutdown = connection_shutdown  # type: ignore[method-assign]
+    HttpToolsProtocol._start_asgi_task = start_request  # type: ignore[method-assign]
     Arbiter._stop_watchers = stop_watchers_telling_the_api_workers
 
 
@@ -182,7 +186,7 @@ def _accept_queued_and_stop_listening(listeners: list[socket.socket]) -> list[so
 
 
 
-FIXES = [
+FIXES: list[Fix] = [
     Fix("header_timeout", "uvicorn", UVICORN, _install_header_deadline),
     # uvicorn logs a warning (no traceback) for every malformed request a client sends
     Fix("uvicorn_warnings_rate_limited", "uvicorn", UVICORN,

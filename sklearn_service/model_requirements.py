@@ -1,6 +1,7 @@
-"""Checks on a model that both the import (train.py) and the serving side can run: how many values it
-predicts per row, and which libraries outside scikit-learn it needs. Light: numpy and the standard
-library only, so the service can import it.
+"""What a model requires to be served, checked by both the import (train.py) and the serving side: one
+value per row, and the libraries outside scikit-learn it needs (recorded as its `requires`, with the
+command that installs a missing one). Light: numpy and the standard library only, so the service
+can import it.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import sys
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 
@@ -74,6 +77,11 @@ def install_hint(module: str) -> str:
     if root in EXTRAS:
         return f"pip install -r {EXTRAS[root]}"
     return f"install the package that provides {root!r} where the service runs"
+
+
+def stored_requirements(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """What a stored model's metadata says it requires: module -> requirement, as required_libraries() wrote it."""
+    return cast(dict[str, str], metadata.get("requires", {}))
 
 
 def missing_requirements(requires: dict[str, str]) -> str | None:
