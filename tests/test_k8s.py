@@ -177,20 +177,22 @@ def test_serves_with_only_the_declared_paths_writable(bentoml_home, trained, can
     assert not elsewhere, elsewhere
 
 
-KSERVE_GRPC = {doc["kind"]: doc for doc in (yaml.safe_load(p.read_text()) for p in (K8S / "kserve-grpc").glob("*.yaml"))}
+KSERVE_GRPC = {doc["kind"]: doc
+               for doc in (yaml.safe_load(p.read_text()) for p in (K8S / "kserve-grpc").glob("*.yaml"))}
 
 
 def test_grpc_port_is_the_services_and_kserve_grpc_variant_routes_to_it():
     grpc_port = config.app()["grpc"]["port"]
-    ports = {p["name"]: p["containerPort"] for p in RESOURCES["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert ports["grpc"] == grpc_port
+    container_ports = RESOURCES["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {p["name"]: p["containerPort"] for p in container_ports}["grpc"] == grpc_port
     service_port = next(p for p in RESOURCES["Service"]["spec"]["ports"] if p["name"] == "grpc")
     assert service_port["targetPort"] == "grpc" and service_port["appProtocol"] == "kubernetes.io/h2c"
     runtime, inference = KSERVE_GRPC["ServingRuntime"], KSERVE_GRPC["InferenceService"]
     container = runtime["spec"]["containers"][0]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
     kubernetes_validate.validate(pod, "1.37.0", strict=True)
-    assert container["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]  # KServe's name for gRPC
+    # h2c: the port name KServe routes gRPC to
+    assert container["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]
     assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
     assert container["livenessProbe"]["grpc"] == {"port": grpc_port, "service": "liveness"}
     assert "grpc-v2" in runtime["spec"]["protocolVersions"]
