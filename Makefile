@@ -13,7 +13,8 @@ MODEL_NAME ?= sklearn_model
 MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test test-fast test-served test-slow install install-dev system-deps train build bench clean report-env drift-report
+.PHONY: serve test test-fast test-served test-slow install install-dev system-deps train build bench clean report-env \
+	drift-report grpc-code
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +67,9 @@ build: train  ## the bento for MODEL_TAG, with the extras (XGBoost, ...) its mod
 
 drift-report: install report-env  ## payload log vs training: make drift-report LOG=payload_logs MODEL=name:version
 	$(BIN)/python -m sklearn_service.drift_report --log $(LOG) --model $(MODEL) --out $(OUT)
+
+grpc-code:  ## regenerate sklearn_service/v2_grpc/*_pb2*.py from its .proto (grpcio-tools in a throwaway venv)
+	sklearn_service/v2_grpc/generate.sh
 
 clean:
 	rm -rf $(VENV) $(REPORT_VENV) $(MLSERVER_VENV) .pytest_cache test-artifacts

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import config, model_check, open_inference, patches
+from sklearn_service import config, grpc_inference, model_check, open_inference, patches
 from sklearn_service.errors import RequestError, error_response
-from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard
+from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard, configured_api_key
 from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, Answer, PredictionCore
 from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, JsonArray, Prediction, Predictions
 from sklearn_service.schemas import Probabilities, Value, row_type
@@ -101,6 +101,7 @@ class SklearnService:
     predicts and records (see prediction_core.py); V2 takes the same core (open_inference.py)."""
 
     runner = bentoml.depends(ModelRunner)
+    start_grpc, stop_grpc = grpc_inference.hooks(APP)  # V2 over gRPC too: a server per worker, on app.grpc.port
 
     def __init__(self) -> None:
         monitoring = config.service("SklearnService").get("monitoring", {})
@@ -198,7 +199,7 @@ def explained(answer: Answer, names: list[str], top: int | None) -> list[Explain
 
 SklearnService.add_asgi_middleware(HealthProbes)  # outermost: probes stay open
 # in this order: the key is checked before any body is read
-if api_key := os.environ.get("API_KEY") or APP["auth"]["api_key"]:
+if api_key := configured_api_key(APP):
     SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key, protect_metrics=bool(APP["auth"]["protect_metrics"]))
 SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]),
                                    body_seconds=float(APP["client_timeout_seconds"]))

@@ -64,6 +64,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log or home / f"serve-{self.port}.log"
         full_env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", **(env or {})}
+        # each server its own gRPC port: servers of one user on one port would share it (SO_REUSEPORT)
+        full_env.setdefault("GRPC_PORT", str(free_port()))
+        self.grpc_port = int(full_env["GRPC_PORT"] or 0)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [*prefix, BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],

@@ -23,7 +23,8 @@ APP_DEFAULTS: dict[str, Any] = {"max_batch_rows": 1000, "compiled_trees": True, 
                                 "unknown_categories": "accept",
                                 "drift": {"enabled": True, "window_rows": 10000, "window_minutes": 60, "min_rows": 500},
                                 "client_timeout_seconds": 10, "skip_fixes": [],
-                                "auth": {"api_key": None, "protect_metrics": False}}
+                                "auth": {"api_key": None, "protect_metrics": False},
+                                "grpc": {"enabled": True, "host": "0.0.0.0", "port": 8001}}
 
 
 @lru_cache(maxsize=1)
@@ -49,5 +50,5 @@ def batching(name: str) -> dict:
 def app() -> dict:
     """This project's settings: the file's `app:` section over APP_DEFAULTS."""
     section = load().get("app") or {}
-    nested = {key: {**APP_DEFAULTS[key], **(section.get(key) or {})} for key in ("auth", "drift")}
+    nested = {key: {**APP_DEFAULTS[key], **(section.get(key) or {})} for key in ("auth", "drift", "grpc")}
     return {**APP_DEFAULTS, **section, **nested}

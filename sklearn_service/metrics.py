@@ -21,9 +21,11 @@ ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # The label values every per-endpoint series exists for from start-up, at 0, so alerts and dashboards read 0
 # rather than "no data" after a restart, and rate() counts the first requests. The one list of them:
-# the prediction endpoints (each takes SklearnService._serve; "/v2/infer" is every V2 infer path),
+# the prediction endpoints (each takes SklearnService._serve; "/v2/infer" is every V2 infer path over REST,
+# "grpc:ModelInfer" every one over gRPC),
 # their outcomes, and the reasons _serve refuses a request with (RequestError's reason).
-ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/explain", "/explain_batch", "/v2/infer")
+ENDPOINTS = ("/predict", "/predict_batch", "/predict_proba", "/explain", "/explain_batch", "/v2/infer",
+             "grpc:ModelInfer")
 OUTCOMES = ("success", "rejected", "error")
 REJECT_REASONS = (
     "wrong_length", "unknown_feature", "missing_feature", "wrong_type", "missing_value", "unknown_category",

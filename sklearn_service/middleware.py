@@ -1,9 +1,10 @@
-"""ASGI middleware of the API service: request limits, optional API key, the V2 health probes."""
+"""ASGI middleware of the API service: request limits, optional API key (and where it is set), the V2 health probes."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 
 from starlette.responses import JSONResponse
 
@@ -15,6 +16,11 @@ OPEN_PREFIXES = ("/static_content/",)
 # Every endpoint takes JSON. These would reach BentoML's pickle (refused, with a malformed
 # error body) or multipart parser (a missing boundary made it answer 500).
 REFUSED_TYPES = (b"application/vnd.bentoml+pickle", b"multipart/", b"application/x-www-form-urlencoded")
+
+
+def configured_api_key(app: dict) -> str | None:
+    """The API key every protocol asks for: API_KEY in the environment, else app.auth.api_key; None: no auth."""
+    return os.environ.get("API_KEY") or app["auth"]["api_key"]
 
 
 class RepeatedHeader(Exception):

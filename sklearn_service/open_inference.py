@@ -37,10 +37,14 @@ def _model(request: Request) -> PredictionCore | None:
     return bentoml.get_current_service().model(asked["name"], asked.get("version"))
 
 
+def unknown_model(name: str, version: str | None) -> RequestError:
+    shown_version = f" version {shown(version)}" if version is not None else ""
+    return RequestError("unknown_model", f"no model {shown(name)}{shown_version} here", 404)
+
+
 def _unknown_model(request: Request) -> JSONResponse:
     asked = request.path_params
-    version = f" version {shown(asked['version'])}" if "version" in asked else ""
-    return protocol_error(RequestError("unknown_model", f"no model {shown(asked['name'])}{version} here", 404))
+    return protocol_error(unknown_model(asked["name"], asked.get("version")))
 
 
 async def server_metadata(request: Request) -> JSONResponse:
@@ -54,11 +58,14 @@ async def model_metadata(request: Request) -> JSONResponse:
         return _unknown_model(request)
     return JSONResponse({"name": core.name, "versions": [core.version], "platform": "scikit-learn",
                          "inputs": v2_codec.model_inputs(core.signature),
-                         "outputs": v2_codec.model_outputs(_outputs(core), core.labels, len(core.signature.names))})
+                         "outputs": model_outputs(core)})
 
 
-def _outputs(core: PredictionCore) -> tuple[str, ...]:
-    return (*core.outputs, EXPLANATION) if core.explained_output else core.outputs
+def model_outputs(core: PredictionCore) -> list[dict]:
+    """The model's V2 outputs (over REST and gRPC): its own, and `explanation` when it can be explained
+    (answered only when named: see v2_codec.requested_outputs)."""
+    outputs = (*core.outputs, EXPLANATION) if core.explained_output else core.outputs
+    return v2_codec.model_outputs(outputs, core.labels, len(core.signature.names))
 
 
 async def model_ready(request: Request) -> Response:

@@ -279,7 +279,7 @@ def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequenc
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestError("invalid_request", "id must be a string")
-    chosen = _outputs(document.get("outputs"), _parameters(document, ""), outputs, named_only)
+    chosen = requested_outputs(document.get("outputs"), _parameters(document, ""), outputs, named_only)
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise RequestError("invalid_request", "inputs must be a non-empty list of tensors")
@@ -288,7 +288,10 @@ def decode_request(headers: t.Mapping[str, str], body: bytes, outputs: t.Sequenc
     return InferRequest(request_id, tensors, chosen)
 
 
-def _outputs(requested, parameters: dict, available: t.Sequence[str], named_only: t.Sequence[str]) -> dict[str, bool]:
+def requested_outputs(requested, parameters: dict, available: t.Sequence[str],
+                      named_only: t.Sequence[str] = ()) -> dict[str, bool]:
+    """The outputs asked for (all of `available` when none are named; `named_only` only when named),
+    each with whether it goes back binary."""
     binary = parameters.get("binary_data_output") is True
     if requested is None or requested == []:  # the protocol: none named, every output
         return {name: binary for name in available}
@@ -381,8 +384,7 @@ def encode_response(model_name: str, version: str, request_id: str | None,
     for output in outputs:
         tensor: dict[str, t.Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
         if output.binary:
-            chunks.append(_bytes_data(output.data) if output.datatype == "BYTES" else np.asarray(
-                output.data, dtype=np.dtype(NUMERIC[output.datatype]).newbyteorder("<")).tobytes())
+            chunks.append(tensor_bytes(output))
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
             tensor["data"] = output.data
@@ -391,6 +393,13 @@ def encode_response(model_name: str, version: str, request_id: str | None,
     if not chunks:
         return header, {"content-type": "application/json"}
     return header + b"".join(chunks), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def tensor_bytes(output: OutputTensor) -> bytes:
+    """An output's values as the protocol's raw bytes (little-endian; BYTES length-prefixed)."""
+    if output.datatype == "BYTES":
+        return _bytes_data(output.data)
+    return np.asarray(output.data, dtype=np.dtype(NUMERIC[output.datatype]).newbyteorder("<")).tobytes()
 
 
 def output_tensors(outputs: dict[str, bool], predictions: list, others: dict[str, np.ndarray],

@@ -175,3 +175,26 @@ def test_serves_with_only_the_declared_paths_writable(bentoml_home, trained, can
     assert written_while_serving  # it did need a writable TMPDIR (metrics files)
     elsewhere = {p for p in files_owned_by(UID, world_writable) - owned_before if writable not in p.parents}
     assert not elsewhere, elsewhere
+
+
+KSERVE_GRPC = {doc["kind"]: doc
+               for doc in (yaml.safe_load(p.read_text()) for p in (K8S / "kserve-grpc").glob("*.yaml"))}
+
+
+def test_grpc_port_is_the_services_and_kserve_grpc_variant_routes_to_it():
+    grpc_port = config.app()["grpc"]["port"]
+    container_ports = RESOURCES["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {p["name"]: p["containerPort"] for p in container_ports}["grpc"] == grpc_port
+    service_port = next(p for p in RESOURCES["Service"]["spec"]["ports"] if p["name"] == "grpc")
+    assert service_port["targetPort"] == "grpc" and service_port["appProtocol"] == "kubernetes.io/h2c"
+    runtime, inference = KSERVE_GRPC["ServingRuntime"], KSERVE_GRPC["InferenceService"]
+    container = runtime["spec"]["containers"][0]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": {"containers": [container]}}
+    kubernetes_validate.validate(pod, "1.37.0", strict=True)
+    # h2c: the port name KServe routes gRPC to
+    assert container["ports"] == [{"name": "h2c", "containerPort": grpc_port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
+    assert container["livenessProbe"]["grpc"] == {"port": grpc_port, "service": "liveness"}
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    model = inference["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "grpc-v2" and model["runtime"] == runtime["metadata"]["name"]

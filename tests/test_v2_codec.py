@@ -7,19 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
 
+from harness.v2_cases import CANCER, OUTPUTS, PENGUINS, ROW
 from sklearn_service import v2_codec
 from sklearn_service.errors import RequestError
-from sklearn_service.signature import Feature, Signature
+from sklearn_service.signature import Signature
 from sklearn_service.validation import RowEncoder
-
-NAMES = [str(n) for n in load_breast_cancer().feature_names]
-CANCER = Signature([Feature(name) for name in NAMES])
-PENGUINS = Signature([Feature("island", "category", "object", False, ["Biscoe", "Dream"]),
-                      Feature("bill", "number", "float64", True)], takes_frame=True)
-OUTPUTS = ("predict", "predict_proba")
-ROW = [1.0] * 30
 
 
 def tensor(shape, data, datatype="FP64", name="input-0", **extra) -> dict:
