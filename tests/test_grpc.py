@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 import train as train_cli
 from sklearn_service import grpc_inference
 from sklearn_service.errors import Overloaded, runner_failure
-from sklearn_service.training import load_csv_dataset
+from sklearn_service.csv_data import load_csv_dataset
 from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
 from sklearn_service.v2_grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from harness.mixed_data import FEATURES, write_penguins_csv
