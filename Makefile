@@ -13,7 +13,7 @@ MODEL_NAME ?= sklearn_model
 MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test test-fast test-served test-slow install install-dev system-deps train build bench clean report-env \
+.PHONY: serve test lint test-fast test-served test-slow install install-dev system-deps train build bench clean report-env \
 	drift-report grpc-code
 
 $(BIN)/activate:
@@ -50,8 +50,12 @@ serve: train  ## http://localhost:$(PORT)
 	$(BIN)/bentoml serve service:SklearnService --port $(PORT)
 
 # every tier, in order: in-process, served, soak, slow (tests/conftest.py); one tier alone below
-test: install-dev system-deps report-env
+test: lint system-deps report-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev  ## ruff and mypy, with the settings in pyproject.toml
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-fast: install-dev system-deps report-env
 	$(BIN)/python -m pytest -m "not served and not soak and not slow" $(PYTEST_ARGS)

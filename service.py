@@ -159,7 +159,7 @@ class SklearnService:
 
     @bentoml.api
     async def explain(self, features: Row, explained_class: Value = None,
-                      top: t.Optional[t.Annotated[int, Field(ge=1)]] = None) -> ExplainedPrediction:
+                      top: t.Annotated[int, Field(ge=1)] | None = None) -> ExplainedPrediction:
         """One row's prediction and why: what each feature adds to the model's output (README
         "Explanations"). explained_class: the class whose output is explained (default: the
         predicted one); top: only the largest contributions."""
@@ -172,7 +172,7 @@ class SklearnService:
 
     @bentoml.api
     async def explain_batch(self, instances: list[Row], explained_class: Value = None,
-                            top: t.Optional[t.Annotated[int, Field(ge=1)]] = None) -> ExplainedPredictions:
+                            top: t.Annotated[int, Field(ge=1)] | None = None) -> ExplainedPredictions:
         """/explain for many rows (at most app.max_batch_rows); order is kept."""
         try:
             answer = await self.core.answer("/explain_batch", instances, outputs=("predict", EXPLANATION),
@@ -200,6 +200,7 @@ def explained(answer: Answer, names: list[str], top: int | None) -> list[Explain
 SklearnService.add_asgi_middleware(HealthProbes)  # outermost: probes stay open
 # in this order: the key is checked before any body is read
 if api_key := configured_api_key(APP):
-    SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key, protect_metrics=bool(APP["auth"]["protect_metrics"]))
+    SklearnService.add_asgi_middleware(ApiKeyAuth, api_key=api_key,
+                                       protect_metrics=bool(APP["auth"]["protect_metrics"]))
 SklearnService.add_asgi_middleware(RequestGuard, max_bytes=int(APP["max_body_bytes"]),
                                    body_seconds=float(APP["client_timeout_seconds"]))

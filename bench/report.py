@@ -84,7 +84,7 @@ def cpu_table(results: dict) -> list[str]:
     """Where the CPU goes per request at 64 connections: the basis of the scaling estimate."""
     lines = ["| server | CPU ms per request at c=64, by process | server total | wrk | cores busy (server + wrk) |",
              "|---|---|---:|---:|---:|"]
-    for name, row in results["rows"].items():
+    for name in results["rows"]:
         r = point(results, name, 64)
         if not r or "cpu_s" not in r or not r["requests"]:
             continue

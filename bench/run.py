@@ -20,9 +20,9 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -268,7 +268,7 @@ def main() -> int:
                 continue
             server_results[server.name], rows = measure_server(server, env, home, args.duration)
             row_results.update(rows)
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "duration": args.duration,
+    meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "duration": args.duration,
             "machine": f"{psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
                        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
             "load_average_before": load_before, "wall_s": round(time.monotonic() - began)}

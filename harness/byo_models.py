@@ -32,7 +32,8 @@ def penguin_classifier():
         ("cat", make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
          CATEGORIES),
         ("flag", "passthrough", ["tagged"])])
-    return Pipeline([("prepare", prepare), ("model", RandomForestClassifier(n_estimators=30, random_state=0))]).fit(X, y)
+    model = RandomForestClassifier(n_estimators=30, random_state=0)
+    return Pipeline([("prepare", prepare), ("model", model)]).fit(X, y)
 
 
 def flipper_regressor():

@@ -35,7 +35,7 @@ async def _run(url: str, requests: list[tuple[str, object]], clients: int, timeo
                     body = await response.json(content_type=None) if response.content_length != 0 else ""
                     results.append(Result(index, response.status, body, time.monotonic() - start, start,
                                           dict(response.headers)))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 results.append(Result(index, 0, repr(exc), time.monotonic() - start, start, error=type(exc).__name__))
 
     connector = aiohttp.TCPConnector(limit=clients, force_close=new_connections)

@@ -47,7 +47,7 @@ def draw(explanation: dict, out: Path) -> None:
     base, value = explanation["base_value"], explanation["value"]
     fig, axis = plt.subplots(figsize=(8, 1.4 + 0.38 * len(steps)))
     start, ends = base, [base]
-    for y, (name, amount) in enumerate(steps):
+    for y, (_, amount) in enumerate(steps):
         axis.barh(y, amount, left=start, height=0.6, color="#d62728" if amount > 0 else "#1f77b4")
         axis.text(max(start, start + amount), y, f" {amount:+.3f}", va="center", fontsize=8)
         start += amount

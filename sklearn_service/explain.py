@@ -96,7 +96,7 @@ class _Paths:
         feature = trees.feature[node]
         key = leaf * (int(trees.feature.max()) + 1) + feature
         order = np.argsort(key, kind="stable")
-        key, leaf, node, left, ratio, feature = (a[order] for a in (key, leaf, node, left, ratio, feature))
+        key, leaf, node, left, ratio, feature = (np.asarray(a)[order] for a in (key, leaf, node, left, ratio, feature))
         first = np.flatnonzero(np.diff(key, prepend=-1) != 0)  # each slot's first split
         self.split_slot = np.cumsum(np.diff(key, prepend=-1) != 0) - 1
         self.split_rank = np.arange(len(key)) - first[self.split_slot]  # among the slot's splits

@@ -42,12 +42,9 @@ class ServiceMetrics:
                  registry=None):
         """`registry`: where the metrics are registered, prometheus_client's default unless given (tests
         give each instance its own)."""
-        import prometheus_client
-        from functools import partial
+        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
-        registry = prometheus_client.REGISTRY if registry is None else registry
-        Counter, Gauge, Histogram = (partial(kind, registry=registry) for kind in
-                                     (prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram))
+        registry = REGISTRY if registry is None else registry
 
         self.tag = tag
         self.feature_names = signature.names
@@ -60,25 +57,29 @@ class ServiceMetrics:
 
         self.predictions = Counter(
             "ml_predictions_total", "Rows answered, by endpoint, model tag and outcome (success, rejected, error)",
-            ["endpoint", "model_tag", "outcome"])
+            ["endpoint", "model_tag", "outcome"], registry=registry)
         self.latency = Histogram(
             "ml_prediction_latency_seconds", "Time from validated request to answer, per endpoint",
-            ["endpoint"], buckets=LATENCY_BUCKETS)
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
         self.rejected = Counter(
-            "ml_rejected_requests_total", "Requests refused before prediction, by reason", ["endpoint", "reason"])
+            "ml_rejected_requests_total", "Requests refused before prediction, by reason", ["endpoint", "reason"],
+            registry=registry)
         self.out_of_range = Counter(
-            "ml_feature_out_of_range_total", "Feature values outside the training range (drift signal)", ["feature"])
+            "ml_feature_out_of_range_total", "Feature values outside the training range (drift signal)", ["feature"],
+            registry=registry)
         self.unseen = Counter(
-            "ml_unseen_category_total", "Category values not seen in training, answered as unseen", ["feature"])
+            "ml_unseen_category_total", "Category values not seen in training, answered as unseen", ["feature"],
+            registry=registry)
         self.rows_per_call = Histogram(
             "ml_runner_call_rows", "Rows per API-to-runner call after gathering concurrent requests",
-            buckets=ROWS_BUCKETS)
+            buckets=ROWS_BUCKETS, registry=registry)
         if self.class_names is not None:
-            self.classes = Counter("ml_predicted_class_total", "Predictions per class", ["model_tag", "class_name"])
+            self.classes = Counter("ml_predicted_class_total", "Predictions per class", ["model_tag", "class_name"],
+                                   registry=registry)
         else:
             self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
                                     buckets=tuple((signature.prediction_stats or {}).get("bins")
-                                                  or prometheus_client.Histogram.DEFAULT_BUCKETS))
+                                                  or Histogram.DEFAULT_BUCKETS), registry=registry)
         # series for every known endpoint, outcome, reason, feature and class exist from start-up, at 0
         for endpoint in ENDPOINTS:
             self.latency.labels(endpoint)
@@ -93,8 +94,8 @@ class ServiceMetrics:
         self._unseen = [self.unseen.labels(self.feature_names[column]) for column in self.category_columns]
         self._classes = [self.classes.labels(tag, name) for name in self.class_names or []]
         self._endpoint_children: dict[str, tuple] = {}
-        info = Gauge("ml_model_info", "The model being served (value 1)", ["model_tag", "task", "model_kind", "created"],
-                     multiprocess_mode="livemax")
+        info = Gauge("ml_model_info", "The model being served (value 1)",
+                     ["model_tag", "task", "model_kind", "created"], multiprocess_mode="livemax", registry=registry)
         info.labels(tag, signature.task, model_kind, created).set(1)
         # app.drift in configuration.yaml; off: not even the series exist
         self.drift = None

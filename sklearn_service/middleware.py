@@ -43,8 +43,8 @@ def repeated_header(name: str) -> JSONResponse:
 
 
 class RequestGuard:
-    """Refuses, before anything parses them: a repeated Content-Type or Content-Length (400), bodies over `max_bytes` (413, declared or
-    streamed), pickled, multipart or form bodies (415), and bodies not fully received
+    """Refuses, before anything parses them: a repeated Content-Type or Content-Length (400), bodies
+    over `max_bytes` (413, declared or streamed), pickled, multipart or form bodies (415), and bodies not fully received
     within `body_seconds` of the headers (408: a slow or stalled client, such as one that
     declared a Content-Length and never sent it)."""
 
@@ -121,7 +121,8 @@ class ApiKeyAuth:
             scheme, _, given = (single_header(scope, b"authorization") or b"").strip().partition(b" ")
         except RepeatedHeader as exc:
             return await repeated_header(str(exc))(scope, receive, send)
-        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):  # constant time: no timing hints about the key
+        # compared in constant time: no timing hints about the key
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):
             return await self.app(scope, receive, send)
         response = JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>'",
                                  "reason": "unauthorized"}, status_code=401,

@@ -85,12 +85,11 @@ class PredictionCore:
         self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], signature, facts.model_kind,
                                       drift=app["drift"], registry=registry)
         self.payload_log = PayloadLog(bool(monitoring.get("enabled")), signature)
-        limits = dict(max_rows=self.max_rows, max_waiting_rows=int(app["max_queued_rows"]),
-                      stall_after=float(app["runner_stall_seconds"]))
+        waiting, stall = int(app["max_queued_rows"]), float(app["runner_stall_seconds"])
         # predict alone, or predict with every other output (one runner call either way)
-        self._predict = Coalescer(self._runner("predict", call_runner), **limits)
-        self._predict_all = Coalescer(self._runner("predict_all", call_runner), **limits)
-        self._explain = Coalescer(self._runner("explain", call_runner), **{**limits, "max_rows": EXPLAIN_ROWS_PER_CALL})
+        self._predict = Coalescer(self._runner("predict", call_runner), self.max_rows, waiting, stall)
+        self._predict_all = Coalescer(self._runner("predict_all", call_runner), self.max_rows, waiting, stall)
+        self._explain = Coalescer(self._runner("explain", call_runner), EXPLAIN_ROWS_PER_CALL, waiting, stall)
 
     def _runner(self, method: str, call_runner: RunnerCall):
         async def call(rows: np.ndarray) -> np.ndarray:
@@ -125,7 +124,7 @@ class PredictionCore:
 
     def class_index(self, label) -> int:
         """The index of the class a client named by its label (as answered, or as text)."""
-        if self.labels is None:
+        if self.labels is None or self.label_keys is None:
             raise RequestError("not_a_classifier", f"this model's task is {self.signature.task}, not "
                                                    "classification: it has no class to choose")
         for i, (value, key) in enumerate(zip(self.labels, self.label_keys)):
@@ -177,7 +176,7 @@ class PredictionCore:
         if explain:
             at = self._explained_at
             classes = None if self.labels is None else [self.labels[int(i)] for i in out[:, at + 2]]
-            answer.explained = Explained(self.explained_output, out[:, at], out[:, at + 1], classes)
+            answer.explained = Explained(str(self.explained_output), out[:, at], out[:, at + 1], classes)
         return answer
 
     async def _explained(self, matrix: np.ndarray, class_index: int | None) -> np.ndarray:

@@ -37,7 +37,7 @@ def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndar
     columns = []
     for f in signature.features:
         if f.is_category:
-            column = rng.integers(int(UNSEEN_CODE), len(f.categories), count).astype(float)  # every code, and unseen
+            column = rng.integers(int(UNSEEN_CODE), len(f.category_list), count).astype(float)  # every code, and unseen
         elif f.kind == "boolean":
             column = rng.integers(0, 2, count).astype(float)
         elif f.stats:
@@ -98,7 +98,7 @@ class ServingModel:
         if self.compiled is not None and not self._agrees(probe_rows(signature)):
             logger.warning("compiled model disagrees with scikit-learn on probe rows; serving with scikit-learn")
             self.compiled = None
-        logger.info("model path: %s", "compiled up to %d rows" % COMPILED_MAX_ROWS if self.compiled else "scikit-learn")
+        logger.info("model path: %s", f"compiled up to {COMPILED_MAX_ROWS} rows" if self.compiled else "scikit-learn")
 
     def _agrees(self, rows: np.ndarray) -> bool:
         try:

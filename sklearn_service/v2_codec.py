@@ -37,8 +37,9 @@ NUMERIC = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": n
 DATATYPES = [*NUMERIC, "BYTES"]
 NONE = type(None)
 # JSON values each datatype takes; null is a missing value (validation decides whether that is allowed)
-JSON_TYPES = {**{d: {int, NONE} for d in NUMERIC if "INT" in d}, "BOOL": {bool, NONE}, "BYTES": {str, NONE},
-              "FP16": {int, float, NONE}, "FP32": {int, float, NONE}, "FP64": {int, float, NONE}}
+JSON_TYPES: dict[str, set[type]] = {**{d: {int, NONE} for d in NUMERIC if "INT" in d},
+                                     "BOOL": {bool, NONE}, "BYTES": {str, NONE}, "FP16": {int, float, NONE},
+                                     "FP32": {int, float, NONE}, "FP64": {int, float, NONE}}
 TENSOR_NAME = "input-0"  # what metadata calls the [N, F] tensor; any name not a feature's is taken
 FEATURE_DATATYPES = {"number": "FP64", "integer": "INT64", "boolean": "BOOL"}
 
@@ -166,7 +167,8 @@ def read_input(spec, binary: Binary) -> Tensor:
     where = f"input {shown(spec['name'])}: "
     datatype, shape = spec.get("datatype"), spec.get("shape")
     if datatype not in DATATYPES:
-        raise RequestError("wrong_datatype", f"{where}unknown datatype {shown(datatype)}; one of {', '.join(DATATYPES)}")
+        raise RequestError("wrong_datatype", f"{where}unknown datatype {shown(datatype)}; "
+                                             f"one of {', '.join(DATATYPES)}")
     if not isinstance(shape, list) or not 1 <= len(shape) <= 2 or not all(_dimension(d) for d in shape):
         raise RequestError("wrong_shape", f"{where}shape must be [N, features] or [N] with whole numbers "
                                           f"0 to {MAX_DIMENSION}, got {_excerpt(shape)}")
@@ -217,7 +219,8 @@ def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list:
 
 
 def _bytes_elements(raw: bytes, count: int, where: str) -> list[str]:
-    values, offset = [], 0
+    values: list[str] = []
+    offset = 0
     while offset < len(raw):
         size = int.from_bytes(raw[offset:offset + 4], "little")
         if offset + 4 > len(raw) or offset + 4 + size > len(raw):
@@ -424,7 +427,7 @@ def model_inputs(signature: Signature) -> list[dict]:
     """Numbers-only models: one [N, F] tensor; others: one input per feature (either form is taken)."""
     if signature.numeric_only:
         return [{"name": TENSOR_NAME, "datatype": "FP64", "shape": [-1, len(signature.features)]}]
-    return [{"name": f.name, "datatype": _datatype(f.categories) if f.is_category else FEATURE_DATATYPES[f.kind],
+    return [{"name": f.name, "datatype": _datatype(f.category_list) if f.is_category else FEATURE_DATATYPES[f.kind],
              "shape": [-1]} for f in signature.features]
 
 

@@ -71,7 +71,7 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p
         outcome.closes = headers.get("connection", "").strip() == "close"
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
-    except asyncio.TimeoutError:
+    except TimeoutError:
         outcome.kind = "timeout"
     return outcome
 

@@ -67,7 +67,7 @@ DATA = {"binary": lambda: load_default_dataset(), "multiclass": lambda: numbers(
         "mixed": lambda: mixed("classification"), "mixed_regression": lambda: mixed("regression")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fitted(data: str, kind: str):
     """A model trained as train.py trains it on all but the last rows; those rows, encoded as the
     runner receives them, with missing values and (mixed data) unseen categories added."""
@@ -240,11 +240,11 @@ def path_dependent_shapley(model, X: np.ndarray, output: int):
             one = TreePredictor(split, predictor.binned_left_cat_bitsets, predictor.raw_left_cat_bitsets)
             left[node] = one.predict(encoded, known, f_idx_map, 1) == 0
 
-        def expectation(node, subset):
+        def expectation(node, subset, nodes=nodes, left=left):
             at = nodes[node]
             if at["is_leaf"]:
                 return np.full(len(X), at["value"])
-            lo, hi = expectation(at["left"], subset), expectation(at["right"], subset)
+            lo, hi = expectation(at["left"], subset, nodes, left), expectation(at["right"], subset, nodes, left)
             if subset >> int(at["feature_idx"]) & 1:
                 return np.where(left[node], lo, hi)
             return (nodes[at["left"]]["count"] * lo + nodes[at["right"]]["count"] * hi) / at["count"]

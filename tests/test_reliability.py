@@ -211,7 +211,7 @@ class SlowClient(threading.Thread):
                     if self.drip:
                         sock.sendall(self.drip)
                     chunk = sock.recv(4096)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     chunk = b""

@@ -7,7 +7,6 @@ to happen on demand, so each way is checked here."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import SimpleNamespace
 
@@ -33,7 +32,7 @@ GONE = [
     aiohttp.ClientResponseError(REQUEST_INFO, (), status=400, message="Bad status line 'HTTP/1.1 2'"),
     ConnectionResetError(104, "Connection reset by peer"),
     BrokenPipeError(32, "Broken pipe"),
-    asyncio.TimeoutError(),
+    TimeoutError(),
     RunnerStalled("no answer"),
     BentoMLException("restarting", error_code=503),
 ]
