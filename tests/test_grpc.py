@@ -132,7 +132,26 @@ def test_client_health_and_metadata(served, model):
     meta = run_client(served, "triton", model=model["name"], health=True)["metadata"]
     assert meta["versions"] == [model["version"]] and meta["platform"] == "scikit-learn"
     assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": ["-1", "30"]}]
-    assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba"]
+    assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba", "explanation"]
+
+
+def test_explanation_is_answered_when_named(stub, model, trained, cancer):
+    """As over REST: an explanation is an output of its own, answered only when named, equal to /explain."""
+    from sklearn_service.explain import Explainer
+    from sklearn_service.signature import Signature
+
+    X = cancer["X"][:3]
+    unnamed = stub.ModelInfer(infer_request(model, [3, 30], X.ravel().tolist()))
+    assert [o.name for o in unnamed.outputs] == ["predict", "predict_proba"]
+    message = infer_request(model, [3, 30], X.ravel().tolist(), raw=False)
+    message.outputs.add(name="predict")
+    message.outputs.add(name="explanation")
+    answer = stub.ModelInfer(message)
+    assert [(o.name, list(o.shape)) for o in answer.outputs] == [("predict", [3]), ("explanation", [3, 30])]
+    served = np.array(answer.outputs[1].contents.fp64_contents).reshape(3, 30)
+    signature = Signature.from_dict(trained["metadata"]["signature"])
+    expected = Explainer.for_pipeline(model["pipeline"], signature).explain(X).contributions
+    np.testing.assert_allclose(served, expected, atol=1e-9)
 
 
 def test_typed_answers_for_typed_requests(stub, served, model, cancer):

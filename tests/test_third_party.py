@@ -193,5 +193,5 @@ def test_kserve_rest_client(server, trained, cancer):
     meta = ModelMetadataResponse.model_validate(requests.get(f"{server.url}/v2/models/{name}", timeout=10).json())
     assert meta.name == name and meta.versions == [trained["tag"].split(":")[1]]
     assert [(i.datatype, i.shape) for i in meta.inputs] == [("FP64", [-1, 30])]
-    assert [o.name for o in meta.outputs] == ["predict", "predict_proba"]
+    assert [o.name for o in meta.outputs] == ["predict", "predict_proba", "explanation"]
     ServerMetadataResponse.model_validate(requests.get(f"{server.url}/v2", timeout=10).json())
