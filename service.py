@@ -15,7 +15,7 @@ import typing as t
 
 import bentoml
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictInt
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -49,6 +49,7 @@ EXPLAIN_BATCHING = {**RUNNER_BATCHING,
                     "max_batch_size": min(EXPLAIN_ROWS_PER_CALL, RUNNER_BATCHING.get("max_batch_size", 10**9))}
 EXPLAIN_INLINE_ROWS = 2  # explained on the runner's event loop; more go to a worker thread
 APP = config.app()
+Top = t.Annotated[StrictInt, Field(ge=1)]  # how many contributions /explain lists (true is not a number)
 
 
 @bentoml.service(**config.service("ModelRunner"))
@@ -159,7 +160,7 @@ class SklearnService:
 
     @bentoml.api
     async def explain(self, features: Row, explained_class: Value = None,
-                      top: t.Annotated[int, Field(ge=1)] | None = None) -> ExplainedPrediction:
+                      top: Top | None = None) -> ExplainedPrediction:
         """One row's prediction and why: what each feature adds to the model's output (README
         "Explanations"). explained_class: the class whose output is explained (default: the
         predicted one); top: only the largest contributions."""
@@ -172,7 +173,7 @@ class SklearnService:
 
     @bentoml.api
     async def explain_batch(self, instances: list[Row], explained_class: Value = None,
-                            top: t.Annotated[int, Field(ge=1)] | None = None) -> ExplainedPredictions:
+                            top: Top | None = None) -> ExplainedPredictions:
         """/explain for many rows (at most app.max_batch_rows); order is kept."""
         try:
             answer = await self.core.answer("/explain_batch", instances, outputs=("predict", EXPLANATION),

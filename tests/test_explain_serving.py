@@ -103,7 +103,9 @@ def test_bad_input_is_refused_as_predict_refuses_it(post, cancer):
     unknown = post("/explain", {"features": row, "explained_class": 7})
     assert unknown.status_code == 400 and unknown.json()["reason"] == "unknown_class"
     assert "[0, 1]" in unknown.json()["error"]
-    assert post("/explain", {"features": row, "top": 0}).status_code == 400
+    for top in (0, True, 2.5, "3"):  # a count: a whole number from 1, not a boolean or text
+        refused = post("/explain", {"features": row, "top": top})
+        assert refused.status_code == 400 and refused.json()["detail"][0]["loc"] == ["top"], top
 
 
 def test_the_v2_explanation_output_is_answered_when_named(server, post, cancer):
