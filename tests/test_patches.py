@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import sys
 import time
 from collections import Counter
 from importlib.metadata import version
@@ -286,6 +288,45 @@ def test_runner_stops_after_the_api_service():
     assert stop_order(kantoku_patches._stop_entry_service_first) == [
         ("stopping", "service"), ("stopped", "service"),
         ("stopping", "service_ModelRunner"), ("stopped", "service_ModelRunner")]
+
+
+# --- dead_service_restarted_within_a_second ---------------------------------------------------
+
+def seconds_to_restart(controller_start, monkeypatch, wait: float) -> float | None:
+    """A real arbiter, made as `bentoml serve` makes it, with one process that is killed at once:
+    the arbiter's first check comes one check interval after its start."""
+    from circus.controller import Controller
+    from circus.watcher import Watcher as CircusWatcher
+
+    from bentoml._internal.utils.circus import create_standalone_arbiter
+
+    monkeypatch.setattr(Controller, "start", controller_start)
+    watcher = CircusWatcher("sleeper", sys.executable, args=["-c", "import time; time.sleep(60)"], respawn=True)
+    arbiter = create_standalone_arbiter([watcher], threaded=True)
+    arbiter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not watcher.processes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (first,) = watcher.processes.values()
+        os.kill(first.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while time.monotonic() - killed < wait:
+            if {p.pid for p in watcher.processes.values()} - {first.pid}:
+                return time.monotonic() - killed
+            time.sleep(0.05)
+        return None
+    finally:
+        arbiter.stop()
+
+
+def test_a_killed_process_waits_for_the_ten_second_check_on_unpatched_bentoml(monkeypatch):
+    assert seconds_to_restart(kantoku_patches.ORIGINAL["Controller.start"], monkeypatch, wait=4) is None
+
+
+def test_a_killed_process_is_restarted_within_a_second_or_so(monkeypatch):
+    seconds = seconds_to_restart(kantoku_patches._check_every_second, monkeypatch, wait=4)
+    assert seconds is not None and seconds < 2.5, seconds
 
 
 # --- tracing_only_with_an_exporter, client_checks_first: BentoML's middleware stack ------------
@@ -644,7 +685,7 @@ def test_route_labels_of_an_app_with_mounts():
     ("entry_service_stops_first", "bentoml"), ("socket_folder_removed_last", "kantoku"),
     ("model_fields_from_the_class", "pydantic"), ("metrics_by_route", "starlette"),
     ("header_timeout", "uvicorn"), ("drain_without_resets", "kantoku"),
-    ("metric_files_allocated", "prometheus_client"),
+    ("metric_files_allocated", "prometheus_client"), ("dead_service_restarted_within_a_second", "kantoku"),
 ])
 def test_a_fix_is_skipped_when_a_package_it_touches_changes(monkeypatch, name, package):
     monkeypatch.setattr(patches, "installed_version", lambda p: "999.0" if p == package else version(p))
