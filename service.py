@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import config, grpc_inference, model_check, open_inference, patches
+from sklearn_service import config, grpc_lifecycle, model_check, open_inference, patches
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard, configured_api_key
 from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, Answer, PredictionCore
@@ -102,7 +102,7 @@ class SklearnService:
     predicts and records (see prediction_core.py); V2 takes the same core (open_inference.py)."""
 
     runner = bentoml.depends(ModelRunner)
-    start_grpc, stop_grpc = grpc_inference.hooks(APP)  # V2 over gRPC too: a server per worker, on app.grpc.port
+    start_grpc, stop_grpc = grpc_lifecycle.hooks(APP)  # V2 over gRPC too: a server per worker, on app.grpc.port
 
     def __init__(self) -> None:
         monitoring = config.service("SklearnService").get("monitoring", {})

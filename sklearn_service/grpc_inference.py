@@ -1,7 +1,7 @@
 """The Open Inference Protocol over gRPC: inference.GRPCInferenceService, grpc.health.v1.Health and reflection.
 
 One grpc.aio server per API worker, in the worker's event loop, started and
-stopped by the service's lifecycle hooks (`hooks`); the workers share the port
+stopped by the service's lifecycle hooks (grpc_lifecycle.py); the workers share the port
 through SO_REUSEPORT, so the kernel spreads connections across them. A thin
 adapter, as open_inference.py is for REST: grpc_codec reads the messages into
 v2_codec's terms, and each ModelInfer takes the model's PredictionCore (the
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import socket
 
 import bentoml
 import grpc
@@ -157,34 +155,6 @@ def _refusal(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def port(settings: dict) -> int:
-    text = os.environ.get("GRPC_PORT") or str(settings["port"])
-    value = v2_codec.ascii_int(text, 65535)
-    if value is None:
-        raise SystemExit(f"error: the gRPC port (GRPC_PORT or app.grpc.port) must be 0-65535, got {text[:40]!r}")
-    return value
-
-
-def address(settings: dict) -> str:
-    host = str(settings["host"])
-    return f"[{host}]:{port(settings)}" if ":" in host else f"{host}:{port(settings)}"  # IPv6 in brackets
-
-
-def check_bindable(settings: dict) -> None:
-    """Stops the service when the port is taken by another program: found only in a worker, the
-    failure would restart that worker forever, HTTP included. Ports held with SO_REUSEPORT by this
-    user (the service's other workers) bind; so would another copy of this service's (README)."""
-    host, number = str(settings["host"]), port(settings)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            probe.bind((host, number))
-        except OSError as exc:
-            raise SystemExit(f"error: the gRPC port {address(settings)} cannot be bound ({exc.strerror}): set "
-                             "GRPC_PORT (or app.grpc.port) to a free port, or app.grpc.enabled: false") from None
-
-
 async def serve(service, app: dict, bind: str) -> grpc.aio.Server:
     """Starts a gRPC server for `service` (the API service's instance) in the running event loop."""
     traffic = config.service("SklearnService").get("traffic", {})
@@ -202,26 +172,3 @@ async def serve(service, app: dict, bind: str) -> grpc.aio.Server:
     await server.start()
     logger.info("Open Inference Protocol over gRPC on %s", bind)
     return server
-
-
-def hooks(app: dict):
-    """The API service's start-up and shutdown hooks: the gRPC server starts with each worker and,
-    on shutdown (SIGTERM), takes no new calls and lets those in progress finish (up to
-    traffic.timeout seconds, the longest a call may take). A wrong or taken port stops the service here,
-    at import."""
-    bind = None
-    if app["grpc"]["enabled"]:
-        check_bindable(app["grpc"])
-        bind = address(app["grpc"])
-
-    @bentoml.on_startup
-    async def start_grpc(service) -> None:
-        service.grpc_server = None if bind is None else await serve(service, app, bind)
-
-    @bentoml.on_shutdown
-    async def stop_grpc(service) -> None:
-        if getattr(service, "grpc_server", None) is not None:
-            grace = float(config.service("SklearnService").get("traffic", {}).get("timeout", 10))
-            await service.grpc_server.stop(grace)
-
-    return start_grpc, stop_grpc

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import train as train_cli
-from sklearn_service import grpc_inference
+from sklearn_service import grpc_inference, grpc_lifecycle
 from sklearn_service.errors import Overloaded, runner_failure
 from sklearn_service.csv_data import load_csv_dataset
 from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
@@ -430,13 +430,28 @@ def test_the_port_comes_from_grpc_port_else_the_settings(monkeypatch, env, setti
         monkeypatch.setenv(key, value)
     if expected is None:
         with pytest.raises(SystemExit, match="the gRPC port"):
-            grpc_inference.port(settings)
+            grpc_lifecycle.port(settings)
     else:
-        assert grpc_inference.port(settings) == expected
+        assert grpc_lifecycle.port(settings) == expected
+
+
+def test_only_the_api_workers_load_grpc(server):
+    """The arbiter and the model runner import service.py but serve no gRPC: grpcio (~11 MB a process)
+    is loaded by the API worker alone, as it starts its server."""
+    def loads_grpc(process: psutil.Process) -> bool:
+        return any("cygrpc" in m.path for m in process.memory_maps())
+
+    arbiter = psutil.Process(server.process.pid)
+    workers = arbiter.children(recursive=True)
+    runners = [p for p in workers if "ModelRunner" in " ".join(p.cmdline())]
+    api = [p for p in workers if p not in runners and "service:SklearnService" in " ".join(p.cmdline())]
+    assert runners and api
+    assert not loads_grpc(arbiter) and not any(loads_grpc(p) for p in runners)
+    assert all(loads_grpc(p) for p in api)
 
 
 def test_switched_off_no_server_starts():
-    start, stop = grpc_inference.hooks({"grpc": {"enabled": False}})
+    start, stop = grpc_lifecycle.hooks({"grpc": {"enabled": False}})
     service = type("Service", (), {})()
     asyncio.run(start(service))
     assert service.grpc_server is None
@@ -444,8 +459,8 @@ def test_switched_off_no_server_starts():
 
 
 def test_ipv6_hosts_are_bracketed():
-    assert grpc_inference.address({"host": "::", "port": 8001}) == "[::]:8001"
-    assert grpc_inference.address({"host": "0.0.0.0", "port": 8001}) == "0.0.0.0:8001"
+    assert grpc_lifecycle.address({"host": "::", "port": 8001}) == "[::]:8001"
+    assert grpc_lifecycle.address({"host": "0.0.0.0", "port": 8001}) == "0.0.0.0:8001"
 
 
 def test_a_port_another_program_holds_stops_the_service_at_start(bentoml_home, trained):
@@ -454,11 +469,11 @@ def test_a_port_another_program_holds_stops_the_service_at_start(bentoml_home, t
         taken.listen()
         number = taken.getsockname()[1]
         with pytest.raises(SystemExit, match="cannot be bound .* set GRPC_PORT"):
-            grpc_inference.check_bindable({"host": "0.0.0.0", "port": number})
+            grpc_lifecycle.check_bindable({"host": "0.0.0.0", "port": number})
         srv = Server(bentoml_home, env={"GRPC_PORT": str(number)})
         try:
             assert srv.process.wait(timeout=60) != 0  # exits at once, rather than restarting its worker
         finally:
             srv.stop()
         assert "cannot be bound" in srv.log()
-    grpc_inference.check_bindable({"host": "0.0.0.0", "port": number})  # free again
+    grpc_lifecycle.check_bindable({"host": "0.0.0.0", "port": number})  # free again
