@@ -138,13 +138,13 @@ class PredictionCore:
         self.metrics.reject(endpoint, exc.reason, received)
         return exc
 
-    async def answer(self, endpoint: str, rows: t.Sequence, outputs: t.Collection[str] = ("predict",),
+    async def answer(self, endpoint: str, rows: t.Sequence | np.ndarray, outputs: t.Collection[str] = ("predict",),
                      one_row: bool = False, explained_class=None) -> Answer:
         """Validate, predict, record. `rows` are the request's rows as its protocol decoded them (each
-        a list in feature order or a dict by name); `one_row`: a single row, whose errors name no
-        instance; `explained_class`: with the output "explanation", the label of the class whose
-        output is explained (None: each row's predicted class). Raises RequestError: the client's
-        mistake (4xx) or runner trouble (5xx)."""
+        a list in feature order or a dict by name; or an [N, F] float64 array of numbers); `one_row`:
+        a single row, whose errors name no instance; `explained_class`: with the output "explanation",
+        the label of the class whose output is explained (None: each row's predicted class). Raises
+        RequestError: the client's mistake (4xx) or runner trouble (5xx)."""
         start = time.perf_counter()
         explain = EXPLANATION in outputs
         try:

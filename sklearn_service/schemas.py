@@ -10,10 +10,12 @@ from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, Stric
 
 from sklearn_service.signature import Signature
 
-# One JSON value of a row. Validation against the signature (validation.py) names the
-# feature in its error, so the request type itself accepts any scalar.
+# One JSON scalar: a class to explain, and what a row's values are documented as.
 Value = StrictBool | StrictInt | StrictFloat | StrictStr | None
-RawRow = list[Value] | dict[str, Value]
+# A row as the request type takes it: its values are checked against the signature (validation.py),
+# whose errors name the feature. Checking each value against Value here as well cost 5x parsing the
+# body (17 ms against 3.5 ms for 1,000 rows of 30 numbers).
+RawRow = list[t.Any] | dict[str, t.Any]
 # What the runner's APIs answer. The declared media type spares BentoML a JSON schema of the array
 # built for every response just to name it (~12 % of the runner's CPU).
 JsonArray = t.Annotated[np.ndarray, bentoml.validators.ContentType("application/json")]

@@ -57,7 +57,19 @@ def _datatype(values: list) -> str:
 class Tensor:
     name: str
     shape: list[int]
-    values: list
+    data: list | np.ndarray  # as read, flat: numbers without nulls as an ndarray of their datatype
+
+    @property
+    def values(self) -> list:
+        return self.data.tolist() if isinstance(self.data, np.ndarray) else self.data
+
+    @property
+    def numbers(self) -> np.ndarray | None:
+        """The values as float64 when they are all numbers (not booleans): rows that skip Python
+        floats on their way to the runner's matrix (validation.RowEncoder.matrix)."""
+        if isinstance(self.data, np.ndarray) and self.data.dtype.kind in "iuf":
+            return self.data.astype(np.float64)  # a copy: the binary data is the request's read-only bytes
+        return None
 
 
 class Binary:
@@ -181,7 +193,7 @@ def read_input(spec, binary: Binary) -> Tensor:
     return Tensor(spec["name"], shape, values)
 
 
-def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list:
+def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list | np.ndarray:
     if not isinstance(data, list):
         raise RequestError("wrong_data", f"{where}data must be a list (flat or nested as the shape), "
                                          f"got {type(data).__name__}")
@@ -202,20 +214,23 @@ def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list:
         return data
     present = [v for v in data if v is not None]
     try:  # as the declared type: FP32 rounds, out-of-range integers are refused
-        cast = iter(np.array(present, dtype=NUMERIC[datatype]).tolist())
+        array: np.ndarray = np.array(present, dtype=NUMERIC[datatype])
     except (OverflowError, ValueError) as exc:
         raise RequestError("wrong_datatype", f"{where}values do not fit {datatype}: {shown(exc, 200)}") from None
+    if len(present) == len(data):
+        return array
+    cast = iter(array.tolist())
     return [None if v is None else next(cast) for v in data]
 
 
-def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list:
+def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list | np.ndarray:
     if datatype == "BYTES":
         return _bytes_elements(raw, count, where)
     dtype = np.dtype(NUMERIC[datatype]).newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
         raise RequestError("wrong_shape", f"{where}{len(raw)} bytes of {datatype} data, its shape needs "
                                           f"{count} x {dtype.itemsize}")
-    return np.frombuffer(raw, dtype=dtype).tolist()
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _bytes_elements(raw: bytes, count: int, where: str) -> list[str]:
@@ -310,16 +325,17 @@ def requested_outputs(requested, parameters: dict, available: t.Sequence[str],
     return chosen
 
 
-def rows(request: InferRequest, signature: Signature) -> list[list]:
+def rows(request: InferRequest, signature: Signature) -> list[list] | np.ndarray:
     """The request's rows in signature order: from one [N, F] tensor, or from one tensor per feature
-    (a feature that may be missing can be left out)."""
+    (a feature that may be missing can be left out). One tensor of numbers without nulls is answered
+    as an [N, F] float64 array, which validation checks in one pass."""
     names = set(signature.names)
     if any(tensor.name in names for tensor in request.tensors):
         return _by_feature(request.tensors, signature)
     return _one_tensor(request.tensors, len(signature.names))
 
 
-def _one_tensor(tensors: list[Tensor], width: int) -> list[list]:
+def _one_tensor(tensors: list[Tensor], width: int) -> list[list] | np.ndarray:
     if len(tensors) != 1:
         raise RequestError("wrong_inputs", f"send one [N, {width}] tensor or one input per feature named as "
                                            f"the model's features; got {len(tensors)} inputs named "
@@ -328,6 +344,9 @@ def _one_tensor(tensors: list[Tensor], width: int) -> list[list]:
     if len(tensor.shape) != 2 or tensor.shape[1] != width:
         raise RequestError("wrong_shape", f"input {shown(tensor.name)}: shape must be [N, {width}] (rows, features), "
                                           f"got {tensor.shape}")
+    numbers = tensor.numbers
+    if numbers is not None:
+        return numbers.reshape(-1, width)
     values = tensor.values
     return [values[i:i + width] for i in range(0, len(values), width)]
 

@@ -110,14 +110,21 @@ class RowEncoder:
     def single(self, values: list | dict) -> np.ndarray:
         return np.array([self.row(values)], dtype=np.float64)
 
-    def matrix(self, rows: t.Sequence, max_rows: int) -> np.ndarray:
-        if not rows:
+    def matrix(self, rows: t.Sequence | np.ndarray, max_rows: int) -> np.ndarray:
+        """`rows`: lists or dicts, or an [N, F] float64 array (numbers a protocol decoded as such)."""
+        if len(rows) == 0:
             raise RequestError("empty_batch", "instances must hold at least one row")
         if len(rows) > max_rows:
             raise RequestError("too_many_rows", f"at most {max_rows} instances per request, got {len(rows)}", 413)
-        if (fast := self._numbers_at_once(rows)) is not None:
+        if isinstance(rows, np.ndarray):
+            if self.all_numbers and (checked := self._checked(rows)) is not None:
+                return checked
+            listed: t.Sequence = rows.tolist()  # categories to encode, or a value to refuse: row by row
+        else:
+            listed = rows
+        if (fast := self._numbers_at_once(listed)) is not None:
             return fast
-        return np.array([self.row(r, f"instance {i}: ") for i, r in enumerate(rows)], dtype=np.float64)
+        return np.array([self.row(r, f"instance {i}: ") for i, r in enumerate(listed)], dtype=np.float64)
 
     def _numbers_at_once(self, rows: t.Sequence) -> np.ndarray | None:
         """Positional rows of plain numbers in one numpy pass; None sends them row by row,
@@ -130,6 +137,10 @@ class RowEncoder:
             matrix = np.array(rows, dtype=np.float64)  # None becomes NaN
         except (ValueError, OverflowError):
             return None
+        return self._checked(matrix)
+
+    def _checked(self, matrix: np.ndarray) -> np.ndarray | None:
+        """The matrix when every value may be served as it is; None: row by row."""
         if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
             return None
         finite = np.isfinite(matrix)

@@ -62,6 +62,9 @@ TWENTY_NINE = [1.0] * 29
     ("/predict", {"features": [1.0] * 29 + ["x"]}, 400, "feature 'worst fractal dimension' must be a number, got a string"),
     ("/predict", {"features": [1.0] * 29 + [True]}, 400, "must be a number, got a boolean"),
     ("/predict", {"features": [1.0] * 29 + [None]}, 400, "may not be missing"),
+    ("/predict", {"features": [1.0] * 29 + [[1.0]]}, 400, "feature 'worst fractal dimension' must be a number, got a list"),
+    ("/predict", {"features": [1.0] * 29 + [{"a": 1}]}, 400, "must be a number, got an object"),
+    ("/predict_batch", {"instances": [[1.0] * 30, [1.0] * 29 + [[1.0]]]}, 400, "instance 1: feature 'worst fractal dimension' must be a number, got a list"),
     ("/predict", {"features": {"mean radius": 1.0}}, 400, "missing 29 feature(s)"),
     ("/predict", {"features": {"nope": 1.0}}, 400, "unknown feature name(s): ['nope']"),
     ("/predict_batch", {"instances": []}, 400, "at least one row"),
@@ -75,7 +78,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem(post, path, payload, status, 
 
 
 @pytest.mark.parametrize("payload, problem", [
-    ({"features": [1.0] * 29 + [[1.0]]}, ("float_type", "features", [29])),  # a list where the 30th number goes
+    ({"features": 1.0}, ("list_type", "features", [])),  # a row that is neither a list nor an object
     ({"wrong_key": []}, ("missing", "features", [])),
     ({}, ("missing", "features", [])),
 ])

@@ -193,6 +193,22 @@ def test_one_tensor_json_and_binary_decode_to_the_same_rows(datatype):
         np.testing.assert_array_equal(rows, values.astype(float))
 
 
+def test_numbers_without_nulls_decode_to_an_array_and_with_nulls_to_lists():
+    """An array skips Python floats on the way to the matrix; a null keeps the row path, which says
+    which feature may not be missing."""
+    values = np.arange(60.0).reshape(2, 30)
+    headers, body = binary({"inputs": [{"name": "input-0", "shape": [2, 30], "datatype": "FP32",
+                                        "parameters": {"binary_data_size": 240}}]}, values.astype("<f4").tobytes())
+    for head, raw in ((headers, body), ({}, json.dumps(tensor([2, 30], values.ravel().tolist())).encode())):
+        decoded = v2_codec.rows(v2_codec.decode_request(head, raw, OUTPUTS), CANCER)
+        assert isinstance(decoded, np.ndarray) and decoded.dtype == np.float64 and decoded.flags.writeable
+        np.testing.assert_array_equal(decoded, values)
+    with_null = [None, *values.ravel().tolist()[1:]]
+    decoded = v2_codec.rows(v2_codec.decode_request({}, json.dumps(tensor([2, 30], with_null)).encode(), OUTPUTS),
+                            CANCER)
+    assert decoded[0][0] is None and decoded[1] == values[1].tolist()
+
+
 def test_by_feature_inputs_take_bytes_and_leave_out_features_that_may_be_missing():
     text_bytes = b"".join(len(v).to_bytes(4, "little") + v for v in (b"Dream", b"Biscoe"))
     headers, body = binary({"inputs": [{"name": "island", "shape": [2, 1], "datatype": "BYTES",

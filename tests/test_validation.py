@@ -64,6 +64,28 @@ def test_batches_are_bounded_and_errors_name_the_row():
     assert reason == "wrong_type" and "feature 'b'" in message
 
 
+NULLABLE = Signature([Feature("a"), Feature("b", nullable=True), Feature("c")])
+
+
+@pytest.mark.parametrize("encoder, rows", [
+    (SCHEMA, [[1, 2, 3], [4.5, -6, 7e30]]),
+    (RowEncoder(NULLABLE), [[1, math.nan, 3], [4, 5, 6]]),              # NaN where a value may be missing
+    (SCHEMA, [[1, 2, 3], [1, math.nan, 3]]),                            # ... and where it may not
+    (SCHEMA, [[1, 2, 3], [math.inf, 2, 3]]),
+    (SCHEMA, [[1, 2, 3], [1, 2, 4e38]]),                                # beyond float32
+    (RowEncoder(MIXED), [[0.0, 1.5, 1.0, 1.0]]),                        # categories: encoded row by row
+])
+def test_an_array_of_numbers_is_taken_as_its_rows_are(encoder, rows):
+    """A protocol that decoded numbers as an array (V2 tensors) gets the matrix, or the error naming the
+    instance and feature, that the same rows as lists get."""
+    def outcome(given):
+        try:
+            return encoder.matrix(given, 5).tolist()
+        except RequestError as exc:
+            return exc.reason, str(exc)
+    assert str(outcome(np.array(rows, dtype=np.float64))) == str(outcome(rows))
+
+
 def test_matrix_is_float64():
     assert SCHEMA.matrix([[1, 2, 3]], 1).dtype == np.float64
 
