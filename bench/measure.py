@@ -94,13 +94,17 @@ def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
     return used
 
 
-def wrk(url: str, body_file: Path, connections: int, seconds: int, root_pid: int | None = None) -> dict:
-    """One bounded wrk run; with root_pid, also the CPU seconds the server's processes and wrk spent."""
+def wrk(url: str, body_file: Path, connections: int, seconds: int, root_pid: int | None = None,
+        content_type: str = "application/json", extra_header: str | None = None) -> dict:
+    """One bounded wrk run; with root_pid, also the CPU seconds the server's processes and wrk spent.
+    `extra_header`: one more request header, "Name: value"."""
     before = cpu_seconds(root_pid) if root_pid else {}
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
-        env={**os.environ, "BODY_FILE": str(body_file)}, capture_output=True, text=True, timeout=seconds + 60)
+        env={**os.environ, "BODY_FILE": str(body_file), "CONTENT_TYPE": content_type,
+             **({"EXTRA_HEADER": extra_header} if extra_header else {})},
+        capture_output=True, text=True, timeout=seconds + 60)
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [line for line in out.stdout.splitlines() if line.startswith("WRK_JSON ")]
     if not lines:

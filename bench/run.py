@@ -60,6 +60,7 @@ class Server:
     rows: list[Row]
     env: dict = field(default_factory=dict)
     batch: Path | None = None  # a /predict_batch body: measure rows/s too
+    v2_batch: tuple[Path, int] | None = None  # the same rows as one binary V2 tensor, and its JSON header's length
     skip: str | None = None
 
 
@@ -130,6 +131,20 @@ def write_bodies(folder: Path, mixed_row: dict | None = None) -> dict[str, Path]
     return paths
 
 
+def write_v2_binary_batch(folder: Path) -> tuple[Path, int]:
+    """/predict_batch's 1,000 rows as one FP64 tensor in the binary extension (tritonclient's default):
+    the body, and the length of its JSON header."""
+    from sklearn.datasets import load_breast_cancer
+
+    X = load_breast_cancer().data[np.arange(1000) % 569]
+    header = json.dumps({"inputs": [{"name": "input-0", "shape": list(X.shape), "datatype": "FP64",
+                                     "parameters": {"binary_data_size": X.size * 8}}],
+                         "outputs": [{"name": "predict", "parameters": {"binary_data": True}}]}).encode()
+    path = folder / "v2_batch.bin"
+    path.write_bytes(header + X.astype("<f8").tobytes())
+    return path, len(header)
+
+
 def drift_toggle(folder: Path) -> tuple[Path, bool] | None:
     """A configuration with drift monitoring switched the other way from the shipped one, and whether
     it is on there; None while the service does not know the switch."""
@@ -174,7 +189,7 @@ def servers(home: Path, bodies: dict[str, Path], model_file: Path, args) -> list
                 # an explanation at c=1 beside /predict's; the batch row's rps x 100 is rows explained per second
                 Row("this service, /explain", "/explain", single, (1,), optional=True),
                 Row("this service, /explain_batch 100", "/explain_batch", bodies["explain_batch"], (1,),
-                    optional=True)], batch=bodies["batch"]),
+                    optional=True)], batch=bodies["batch"], v2_batch=write_v2_binary_batch(home)),
         Server("this service, mixed-type model", bentoml_serve("service:SklearnService"),
                [Row("this service, mixed-type", "/predict", mixed)], env={"MODEL_TAG": f"{MIXED_MODEL_NAME}:latest"}),
         # the shipped configuration is "this service"; this is the same with drift monitoring switched over
@@ -231,6 +246,13 @@ def measure_server(server: Server, env: dict, home: Path, duration: int) -> tupl
             batch["rows_per_s"] = batch["rps"] * 1000
             rows[first.name]["batch"] = batch
             print_point(first.name + ", batch of 1000", 4, batch)
+        if server.v2_batch:
+            body, header_length = server.v2_batch
+            v2_batch = measure.wrk(url + V2_PATH, body, 4, duration, process.pid, "application/octet-stream",
+                                   f"Inference-Header-Content-Length: {header_length}")
+            v2_batch["rows_per_s"] = v2_batch["rps"] * 1000
+            rows[first.name]["v2_batch"] = v2_batch
+            print_point(first.name + ", V2 binary batch of 1000", 4, v2_batch)
         processes = measure.memory(process.pid)
         return {"cold_start_s": cold, "processes": processes, "rss_mb": measure.tree_rss_mb(processes),
                 "pss_mb": sum(p["pss_mb"] for p in processes)}, rows

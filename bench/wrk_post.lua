@@ -1,7 +1,13 @@
--- POST the JSON body in $BODY_FILE; print a JSON summary at the end.
+-- POST the body in $BODY_FILE (JSON unless $CONTENT_TYPE says otherwise, with $EXTRA_HEADER,
+-- "Name: value", if set); print a JSON summary at the end.
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open(os.getenv("BODY_FILE"), "r"))
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "application/json"
+local extra = os.getenv("EXTRA_HEADER")
+if extra then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end
+local f = assert(io.open(os.getenv("BODY_FILE"), "rb"))
 wrk.body = f:read("*a")
 f:close()
 

@@ -198,21 +198,22 @@ def _from_json(data, datatype: str, ndim: int, count: int, where: str) -> list |
         raise RequestError("wrong_data", f"{where}data must be a list (flat or nested as the shape), "
                                          f"got {type(data).__name__}")
     for _ in range(ndim - 1):  # nested rows, flattened in row-major order
-        nested = [isinstance(v, list) for v in data]
-        if not any(nested):
+        kinds = set(map(type, data))
+        if list not in kinds:
             break
-        if not all(nested):
+        if len(kinds) > 1:
             raise RequestError("wrong_data", f"{where}data mixes lists and values")
         data = [v for row in data for v in row]
     if len(data) != count:
         raise RequestError("wrong_shape", f"{where}data holds {len(data)} values, its shape needs {count}")
     allowed = JSON_TYPES[datatype]
-    wrong = next((v for v in data if type(v) not in allowed), None)
-    if wrong is not None:
+    found = set(map(type, data))  # one pass in C; the value to name is looked for only when there is one
+    if not found <= allowed:
+        wrong = next(v for v in data if type(v) not in allowed)
         raise RequestError("wrong_datatype", f"{where}{datatype} data cannot hold {str(json.dumps(wrong))[:40]}")
     if datatype == "BYTES":
         return data
-    present = [v for v in data if v is not None]
+    present = [v for v in data if v is not None] if NONE in found else data
     try:  # as the declared type: FP32 rounds, out-of-range integers are refused
         array: np.ndarray = np.array(present, dtype=NUMERIC[datatype])
     except (OverflowError, ValueError) as exc:
