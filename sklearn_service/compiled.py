@@ -24,6 +24,8 @@ class CompiledPipeline:
         self.prepare = prepare
         self.model = model  # a compiled tree ensemble, or the pipeline's own final step
         self.classes_ = classes
+        # the most rows a call is faster here than in scikit-learn (None: any number)
+        self.max_rows: int | None = getattr(model, "max_rows", None)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(self.prepare(X))

@@ -1,7 +1,10 @@
 """Tree ensembles evaluated with numpy, bit for bit as scikit-learn evaluates them.
 
 All the trees of a model are packed into flat node arrays and walked together,
-one numpy step per tree level. Each model reads its input as scikit-learn does
+one numpy step per tree level. From NATIVE_MIN_ROWS rows on, the trees that are
+scikit-learn `Tree` objects (forests, GradientBoosting) find their leaves with
+their own C walk instead (`Tree.apply`, what their predict uses): the same leaves,
+without scikit-learn's per-tree Python overhead. Each model reads its input as scikit-learn does
 (float32 for `tree_`-based models, float64 for HistGradientBoosting), sends NaN
 where scikit-learn sends it, and adds the trees up one at a time starting from
 the same initial value, so sums round exactly as scikit-learn's loops round them.
@@ -20,15 +23,20 @@ from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestClassifi
 FORESTS = (RandomForestClassifier, RandomForestRegressor, ExtraTreesClassifier, ExtraTreesRegressor)
 # HistGradientBoosting's categories are bytes; slot 256 stands for NaN and any value outside [0, 256)
 CATEGORY_SLOTS = 257
+# From this many rows a Tree's own C walk beats the numpy one: ~6 µs a call per tree, then ~0.04 µs a
+# row, against ~1.3 µs a row for all the trees walked in numpy (RandomForest(100), depth 10).
+NATIVE_MIN_ROWS = 32
 
 
 class PackedTrees:
     """The nodes of many trees in flat arrays; `leaves(X)` gives each row's leaf in every tree."""
 
-    def __init__(self, trees: list[dict]):
+    def __init__(self, trees: list[dict], native: list | None = None):
         """trees: per tree, node arrays `left`, `right` (-1 at leaves), `feature`, `threshold`,
         `missing_go_to_left`, and optionally `is_categorical` with `category_left`: for each
-        categorical node, whether each category slot goes left."""
+        categorical node, whether each category slot goes left. native: the same trees as
+        scikit-learn `Tree` objects, whose `apply` takes float32 rows."""
+        self.native = native
         sizes = np.array([len(tree["left"]) for tree in trees])
         self.roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         nodes = np.arange(sizes.sum())
@@ -52,6 +60,9 @@ class PackedTrees:
 
     def leaves(self, X: np.ndarray) -> np.ndarray:
         """Leaf node of every (tree, row): shape (trees, rows)."""
+        if self.native is not None and len(X) >= NATIVE_MIN_ROWS:
+            X = np.ascontiguousarray(X, dtype=np.float32)
+            return np.stack([tree.apply(X) for tree in self.native]) + self.roots[:, None]
         flat, row_start = X.ravel(), np.arange(len(X)) * X.shape[1]
         has_nan = np.isnan(flat).any()
         if self.category_row is not None:
@@ -104,7 +115,7 @@ class CompiledForest:
                 normalizer[normalizer == 0.0] = 1.0
                 values = values / normalizer
             trees.append(_sklearn_tree(estimator.tree_, values))
-        self.trees = PackedTrees(trees)
+        self.trees = PackedTrees(trees, [estimator.tree_ for estimator in forest.estimators_])
         self.values = np.concatenate([tree["values"] for tree in trees])
         self.classes_ = getattr(forest, "classes_", None)
 
@@ -146,7 +157,7 @@ class CompiledGradientBoosting(_Boosting):
         self.n_outputs = model.estimators_.shape[1]
         # each stage adds learning_rate * leaf value, the product scikit-learn computes
         trees = [_sklearn_tree(e.tree_, model.learning_rate * e.tree_.value[:, 0, 0]) for e in model.estimators_.flat]
-        self.trees = PackedTrees(trees)
+        self.trees = PackedTrees(trees, [e.tree_ for e in model.estimators_.flat])
         self.values = np.concatenate([tree["values"] for tree in trees])
 
     def decision_function(self, X):
@@ -171,6 +182,8 @@ class CompiledGradientBoosting(_Boosting):
 
 
 class CompiledHistGradientBoosting(_Boosting):
+    max_rows = 512  # walked in numpy alone: above this many rows scikit-learn's C loop is faster
+
     def __init__(self, model, encode):
         self.model = model
         self.start = model._baseline_prediction.ravel()

@@ -27,9 +27,6 @@ from sklearn_service.signature import Signature
 
 logger = logging.getLogger(__name__)
 
-# Above this many rows scikit-learn's C tree loop beats the compiled path.
-COMPILED_MAX_ROWS = 512
-
 
 def probe_rows(signature: Signature, count: int = 256, seed: int = 0) -> np.ndarray:
     """Encoded rows over the training range of every feature, unseen categories and gaps included."""
@@ -95,10 +92,14 @@ class ServingModel:
         self.outputs = tuple(outputs)
         self.columns = output_columns(self.outputs, len(self.classes) if self.classes is not None else 0)
         self.compiled = compile_pipeline(pipeline, signature.category_columns()) if compiled else None
-        if self.compiled is not None and not self._agrees(probe_rows(signature)):
+        # a few rows and many: compiled ensembles find leaves one way for each (compiled_trees.NATIVE_MIN_ROWS)
+        probes = probe_rows(signature)
+        if self.compiled is not None and not (self._agrees(probes[:4]) and self._agrees(probes)):
             logger.warning("compiled model disagrees with scikit-learn on probe rows; serving with scikit-learn")
             self.compiled = None
-        logger.info("model path: %s", f"compiled up to {COMPILED_MAX_ROWS} rows" if self.compiled else "scikit-learn")
+        self.compiled_max_rows = 0 if self.compiled is None else self.compiled.max_rows or np.inf
+        logger.info("model path: %s", "scikit-learn" if self.compiled is None else "compiled" + (
+            f" up to {self.compiled.max_rows} rows" if self.compiled.max_rows else ""))
 
     def _agrees(self, rows: np.ndarray) -> bool:
         try:
@@ -109,7 +110,7 @@ class ServingModel:
 
     def _model(self, rows: np.ndarray):
         """The model for a call of this many rows, and the input it takes."""
-        if self.compiled is not None and len(rows) <= COMPILED_MAX_ROWS:
+        if len(rows) <= self.compiled_max_rows:
             return self.compiled, rows
         return self.pipeline, self.signature.to_model_input(rows)
 

@@ -291,16 +291,27 @@ def test_string_categories_without_category_lists_are_left_to_sklearn():
     assert compile_pipeline(model, {9: ["a"]}) is None  # no such column
 
 
-def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkeypatch):
-    result = train(load_default_dataset())
-    model = ServingModel(result.pipeline, result.signature)
-    assert model.compiled is not None
-    used = []
+def routes(model: ServingModel, monkeypatch, sizes) -> list[str]:
+    used: list[str] = []
     monkeypatch.setattr(model.pipeline, "predict", lambda X: used.append("sklearn") or np.zeros(len(X), int))
     monkeypatch.setattr(model.compiled, "predict", lambda X: used.append("compiled") or np.zeros(len(X), int))
-    model.predict(np.zeros((serving_model.COMPILED_MAX_ROWS, 30)))
-    model.predict(np.zeros((serving_model.COMPILED_MAX_ROWS + 1, 30)))
-    assert used == ["compiled", "sklearn"]
+    for rows in sizes:
+        model.predict(np.zeros((rows, len(model.signature.features))))
+    return used
+
+
+def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkeypatch):
+    """A forest is compiled at every size (its leaves found by scikit-learn's own C walk from
+    NATIVE_MIN_ROWS rows); HistGradientBoosting, walked in numpy alone, up to its max_rows."""
+    result = train(load_default_dataset())
+    model = ServingModel(result.pipeline, result.signature)
+    assert model.compiled is not None and model.compiled.max_rows is None
+    assert routes(model, monkeypatch, [1, 1000]) == ["compiled", "compiled"]
+
+    X, y = load_breast_cancer(return_X_y=True)
+    hist = ServingModel(HistGradientBoostingClassifier(max_iter=5).fit(X, y), result.signature)
+    limit = hist.compiled.max_rows
+    assert limit and routes(hist, monkeypatch, [limit, limit + 1]) == ["compiled", "sklearn"]
 
     class Wrong:
         def predict_proba(self, X):
@@ -309,6 +320,28 @@ def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkey
     monkeypatch.setattr(serving_model, "compile_pipeline", lambda *args, **kwargs: Wrong())
     assert ServingModel(result.pipeline, result.signature).compiled is None
     assert ServingModel(result.pipeline, result.signature, compiled=False).compiled is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RandomForestClassifier(n_estimators=10, random_state=0),
+    lambda: ExtraTreesClassifier(n_estimators=10, random_state=0),
+    lambda: GradientBoostingRegressor(n_estimators=10, random_state=0),
+])
+def test_native_and_numpy_walks_find_the_same_leaves(make):
+    """Batches from NATIVE_MIN_ROWS rows find leaves with Tree.apply, smaller ones walk in numpy: the
+    same leaves for every row, missing values included where the model takes them."""
+    from sklearn_service.compiled_trees import NATIVE_MIN_ROWS, compile_estimator, float32_input
+
+    X, y = load_breast_cancer(return_X_y=True)
+    takes_nan = not isinstance(make(), GradientBoostingRegressor)
+    if takes_nan:
+        X = X.copy()
+        X[np.random.RandomState(0).rand(*X.shape) < 0.1] = np.nan
+    compiled = compile_estimator(make().fit(X, y))
+    rows = float32_input(X[:200], allow_nan=takes_nan)
+    small = NATIVE_MIN_ROWS - 1
+    walked = np.hstack([compiled.trees.leaves(rows[i:i + small]) for i in range(0, len(rows), small)])
+    np.testing.assert_array_equal(compiled.trees.leaves(rows), walked)
 
 
 def test_serving_model_compiles_mixed_pipelines_trained_here():
