@@ -82,11 +82,17 @@ class PackedTrees:
         return node
 
 
-def sum_in_order(start: np.ndarray, terms: np.ndarray) -> np.ndarray:
+def sum_in_order(start: np.ndarray, terms) -> np.ndarray:
     """start + terms[0] + terms[1] + ..., one term at a time like scikit-learn's loops, C-ordered.
 
-    np.add.reduce may sum pairwise (it does for a single row), which rounds differently."""
-    return np.ascontiguousarray(np.add.accumulate(np.concatenate([start[None], terms]), axis=0)[-1])
+    np.add.reduce may sum pairwise (it does for a single row), which rounds differently. `terms`: an
+    array, or the terms one at a time (a large batch then never holds a (trees, rows, outputs) array)."""
+    if isinstance(terms, np.ndarray):
+        return np.ascontiguousarray(np.add.accumulate(np.concatenate([start[None], terms]), axis=0)[-1])
+    total = np.array(start, dtype=np.float64, order="C")
+    for term in terms:
+        total += term
+    return total
 
 
 def float32_input(X: np.ndarray, allow_nan: bool) -> np.ndarray:
@@ -122,7 +128,8 @@ class CompiledForest:
     def _means(self, X):
         leaves = self.trees.leaves(float32_input(X, self.allow_nan))
         start = np.zeros((len(X), self.values.shape[1]))
-        return sum_in_order(start, self.values[leaves]) / len(self.trees.roots)
+        terms = self.values[leaves] if len(X) < NATIVE_MIN_ROWS else (self.values[tree] for tree in leaves)
+        return sum_in_order(start, terms) / len(self.trees.roots)
 
     def predict_proba(self, X):
         return self._means(X)
