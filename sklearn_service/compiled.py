@@ -19,13 +19,17 @@ from sklearn_service.compiled_preprocessing import Transform, compile_transforme
 from sklearn_service.compiled_trees import compile_estimator
 
 
+OWN_FINAL_STEP_MAX_ROWS = 512
+
+
 class CompiledPipeline:
     def __init__(self, prepare: Transform, model, classes):
         self.prepare = prepare
         self.model = model  # a compiled tree ensemble, or the pipeline's own final step
         self.classes_ = classes
-        # the most rows a call is faster here than in scikit-learn (None: any number)
-        self.max_rows: int | None = getattr(model, "max_rows", None)
+        # the most rows a call is served here (None: any number): a compiled ensemble says; behind a final
+        # step that is scikit-learn's own, larger calls go to the whole pipeline in scikit-learn
+        self.max_rows: int | None = getattr(model, "max_rows", OWN_FINAL_STEP_MAX_ROWS)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.model.predict_proba(self.prepare(X))

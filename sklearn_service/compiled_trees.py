@@ -111,6 +111,8 @@ def _sklearn_tree(tree, values: np.ndarray) -> dict:
 
 
 class CompiledForest:
+    max_rows = None  # any number: from NATIVE_MIN_ROWS rows the trees' own C walk finds the leaves
+
     def __init__(self, forest):
         self.allow_nan = forest.estimators_[0]._support_missing_values(np.zeros((1, forest.n_features_in_)))
         trees = []
@@ -154,6 +156,8 @@ class _Boosting:
 
 
 class CompiledGradientBoosting(_Boosting):
+    max_rows = None  # as CompiledForest
+
     def __init__(self, model):
         self.model = model
         n_features = model.n_features_in_

@@ -141,7 +141,7 @@ class PredictionCore:
     async def answer(self, endpoint: str, rows: t.Sequence | np.ndarray, outputs: t.Collection[str] = ("predict",),
                      one_row: bool = False, explained_class=None) -> Answer:
         """Validate, predict, record. `rows` are the request's rows as its protocol decoded them (each
-        a list in feature order or a dict by name; or an [N, F] float64 array of numbers); `one_row`:
+        a list in feature order or a dict by name; or an [N, F] array of numbers); `one_row`:
         a single row, whose errors name no instance; `explained_class`: with the output "explanation",
         the label of the class whose output is explained (None: each row's predicted class). Raises
         RequestError: the client's mistake (4xx) or runner trouble (5xx)."""

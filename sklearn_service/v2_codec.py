@@ -65,10 +65,10 @@ class Tensor:
 
     @property
     def numbers(self) -> np.ndarray | None:
-        """The values as float64 when they are all numbers (not booleans): rows that skip Python
-        floats on their way to the runner's matrix (validation.RowEncoder.matrix)."""
+        """The values as an array of their datatype when they are all numbers (not booleans): rows
+        that skip Python numbers on their way to the runner's matrix (validation.RowEncoder.matrix)."""
         if isinstance(self.data, np.ndarray) and self.data.dtype.kind in "iuf":
-            return self.data.astype(np.float64)  # a copy: the binary data is the request's read-only bytes
+            return self.data
         return None
 
 
@@ -329,7 +329,7 @@ def requested_outputs(requested, parameters: dict, available: t.Sequence[str],
 def rows(request: InferRequest, signature: Signature) -> list[list] | np.ndarray:
     """The request's rows in signature order: from one [N, F] tensor, or from one tensor per feature
     (a feature that may be missing can be left out). One tensor of numbers without nulls is answered
-    as an [N, F] float64 array, which validation checks in one pass."""
+    as an [N, F] array of its datatype, which validation checks in one pass."""
     names = set(signature.names)
     if any(tensor.name in names for tensor in request.tensors):
         return _by_feature(request.tensors, signature)

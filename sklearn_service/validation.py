@@ -111,13 +111,14 @@ class RowEncoder:
         return np.array([self.row(values)], dtype=np.float64)
 
     def matrix(self, rows: t.Sequence | np.ndarray, max_rows: int) -> np.ndarray:
-        """`rows`: lists or dicts, or an [N, F] float64 array (numbers a protocol decoded as such)."""
+        """`rows`: lists or dicts, or an [N, F] array of numbers (as a protocol decoded them: its own
+        dtype, so that integers reach a category lookup or an error message as the client sent them)."""
         if len(rows) == 0:
             raise RequestError("empty_batch", "instances must hold at least one row")
         if len(rows) > max_rows:
             raise RequestError("too_many_rows", f"at most {max_rows} instances per request, got {len(rows)}", 413)
         if isinstance(rows, np.ndarray):
-            if self.all_numbers and (checked := self._checked(rows)) is not None:
+            if self.all_numbers and (checked := self._checked(rows.astype(np.float64))) is not None:
                 return checked
             listed: t.Sequence = rows.tolist()  # categories to encode, or a value to refuse: row by row
         else:

@@ -300,9 +300,10 @@ def routes(model: ServingModel, monkeypatch, sizes) -> list[str]:
     return used
 
 
-def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkeypatch):
+def test_serving_model_routes_calls_by_size_and_checks_agreement(monkeypatch):
     """A forest is compiled at every size (its leaves found by scikit-learn's own C walk from
-    NATIVE_MIN_ROWS rows); HistGradientBoosting, walked in numpy alone, up to its max_rows."""
+    NATIVE_MIN_ROWS rows); HistGradientBoosting, walked in numpy alone, and a pipeline ending in
+    scikit-learn's own estimator, up to their max_rows."""
     result = train(load_default_dataset())
     model = ServingModel(result.pipeline, result.signature)
     assert model.compiled is not None and model.compiled.max_rows is None
@@ -312,6 +313,10 @@ def test_serving_model_routes_large_calls_to_sklearn_and_checks_agreement(monkey
     hist = ServingModel(HistGradientBoostingClassifier(max_iter=5).fit(X, y), result.signature)
     limit = hist.compiled.max_rows
     assert limit and routes(hist, monkeypatch, [limit, limit + 1]) == ["compiled", "sklearn"]
+
+    linear = ServingModel(make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y), result.signature)
+    limit = linear.compiled.max_rows
+    assert limit and routes(linear, monkeypatch, [limit, limit + 1]) == ["compiled", "sklearn"]
 
     class Wrong:
         def predict_proba(self, X):

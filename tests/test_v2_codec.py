@@ -11,7 +11,7 @@ import pytest
 from harness.v2_cases import CANCER, OUTPUTS, PENGUINS, ROW
 from sklearn_service import v2_codec
 from sklearn_service.errors import RequestError
-from sklearn_service.signature import Signature
+from sklearn_service.signature import Feature, Signature
 from sklearn_service.validation import RowEncoder
 
 
@@ -201,12 +201,26 @@ def test_numbers_without_nulls_decode_to_an_array_and_with_nulls_to_lists():
                                         "parameters": {"binary_data_size": 240}}]}, values.astype("<f4").tobytes())
     for head, raw in ((headers, body), ({}, json.dumps(tensor([2, 30], values.ravel().tolist())).encode())):
         decoded = v2_codec.rows(v2_codec.decode_request(head, raw, OUTPUTS), CANCER)
-        assert isinstance(decoded, np.ndarray) and decoded.dtype == np.float64 and decoded.flags.writeable
+        assert isinstance(decoded, np.ndarray) and decoded.shape == (2, 30)
         np.testing.assert_array_equal(decoded, values)
     with_null = [None, *values.ravel().tolist()[1:]]
     decoded = v2_codec.rows(v2_codec.decode_request({}, json.dumps(tensor([2, 30], with_null)).encode(), OUTPUTS),
                             CANCER)
     assert decoded[0][0] is None and decoded[1] == values[1].tolist()
+
+
+def test_integer_tensors_reach_categories_and_errors_as_sent():
+    """Integers stay integers on the way to a category lookup (2**53 + 1 is not a float64) and to an
+    error message (a boolean feature sent 2 says 2, not 2.0)."""
+    codes = Signature([Feature("code", "category", "int64", False, [2**53, 2**53 + 1]), Feature("flag", "boolean")],
+                      takes_frame=True)
+    row = np.array([[2**53 + 1, 1]], dtype="<i8")
+    headers, body = binary({"inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "INT64",
+                                        "parameters": {"binary_data_size": 16}}]}, row.tobytes())
+    for sent, head in ((json.dumps(tensor([1, 2], row.ravel().tolist(), "INT64")).encode(), None), (body, headers)):
+        np.testing.assert_array_equal(encoded(sent, codes, head), [[1.0, 1.0]])
+    with pytest.raises(RequestError, match=r"feature 'flag' must be true or false, got a number \(2\)"):
+        encoded(tensor([1, 2], [2**53, 2], "INT64"), codes)
 
 
 def test_by_feature_inputs_take_bytes_and_leave_out_features_that_may_be_missing():

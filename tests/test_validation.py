@@ -65,6 +65,8 @@ def test_batches_are_bounded_and_errors_name_the_row():
 
 
 NULLABLE = Signature([Feature("a"), Feature("b", nullable=True), Feature("c")])
+BIG_CODES = Signature([Feature("code", "category", "int64", False, [2**53, 2**53 + 1]), Feature("n")],
+                      takes_frame=True)
 
 
 @pytest.mark.parametrize("encoder, rows", [
@@ -74,16 +76,21 @@ NULLABLE = Signature([Feature("a"), Feature("b", nullable=True), Feature("c")])
     (SCHEMA, [[1, 2, 3], [math.inf, 2, 3]]),
     (SCHEMA, [[1, 2, 3], [1, 2, 4e38]]),                                # beyond float32
     (RowEncoder(MIXED), [[0.0, 1.5, 1.0, 1.0]]),                        # categories: encoded row by row
+    (RowEncoder(MIXED), [[0, 1, 2, 1]]),                                # integers named as sent: (2), not (2.0)
+    (RowEncoder(BIG_CODES), [[2**53 + 1, 3]]),                          # an integer category beyond float64
+    (RowEncoder(BIG_CODES), [[2**53 + 7, 3]]),                          # ... and an unseen one
+    (SCHEMA, [[1, 2, 3], [4, 5, 2**62]]),
 ])
 def test_an_array_of_numbers_is_taken_as_its_rows_are(encoder, rows):
-    """A protocol that decoded numbers as an array (V2 tensors) gets the matrix, or the error naming the
-    instance and feature, that the same rows as lists get."""
+    """A protocol that decoded numbers as an array of their datatype (V2 tensors) gets the matrix, or
+    the error naming the instance and feature, that the same rows as lists get."""
     def outcome(given):
         try:
             return encoder.matrix(given, 5).tolist()
         except RequestError as exc:
             return exc.reason, str(exc)
-    assert str(outcome(np.array(rows, dtype=np.float64))) == str(outcome(rows))
+    dtype = np.int64 if all(type(v) is int for row in rows for v in row) else np.float64
+    assert str(outcome(np.array(rows, dtype=dtype))) == str(outcome(rows))
 
 
 def test_matrix_is_float64():
