@@ -13,7 +13,7 @@ MODEL_NAME ?= sklearn_model
 MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test lint test-fast test-served test-slow install install-dev system-deps train build bench clean report-env \
+.PHONY: serve test lint test-fast test-served test-slow install install-dev system-deps train build bench bench-models clean report-env \
 	drift-report grpc-code
 
 $(BIN)/activate:
@@ -85,3 +85,6 @@ $(MLSERVER_VENV)/.installed: bench/requirements-mlserver.txt
 
 bench: install-dev system-deps $(MLSERVER_VENV)/.installed  ## side-by-side benchmark, ~6 min; writes bench/results/latest.*
 	$(BIN)/python bench/run.py --mlserver-venv $(MLSERVER_VENV) $(BENCH_ARGS)
+
+bench-models: install-dev system-deps $(MLSERVER_VENV)/.installed  ## 20 models vs 1, a live version swap, MLServer's multi-model mode; ~4 min; writes bench/results/many_models.*
+	$(BIN)/python bench/many_models.py --mlserver-venv $(MLSERVER_VENV) $(BENCH_ARGS)

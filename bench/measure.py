@@ -95,13 +95,14 @@ def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
 
 
 def wrk(url: str, body_file: Path, connections: int, seconds: int, root_pid: int | None = None,
-        content_type: str = "application/json", extra_header: str | None = None) -> dict:
+        content_type: str = "application/json", extra_header: str | None = None, script: Path = LUA) -> dict:
     """One bounded wrk run; with root_pid, also the CPU seconds the server's processes and wrk spent.
-    `extra_header`: one more request header, "Name: value"."""
+    `extra_header`: one more request header, "Name: value"; `script`: the Lua script that reads
+    $BODY_FILE (wrk_rotate.lua: a request per line, in turn)."""
     before = cpu_seconds(root_pid) if root_pid else {}
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script), url],
         env={**os.environ, "BODY_FILE": str(body_file), "CONTENT_TYPE": content_type,
              **({"EXTRA_HEADER": extra_header} if extra_header else {})},
         capture_output=True, text=True, timeout=seconds + 60)
