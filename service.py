@@ -8,8 +8,9 @@ from configuration.yaml; the model from the BentoML store (MODEL_TAG).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
-import os
+import logging
 import time
 import typing as t
 
@@ -21,52 +22,91 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sklearn_service import config, grpc_lifecycle, model_check, open_inference, patches
+from sklearn_service import config, grpc_lifecycle, model_check, model_routes, open_inference, patches, served_models
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard, configured_api_key
-from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, EXPLANATION, Answer, PredictionCore
+from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, PredictionCore
 from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, JsonArray, Prediction, Predictions
 from sklearn_service.schemas import Probabilities, Value, row_type
-from sklearn_service.user_input import shown
 
 patches.apply()
+logger = logging.getLogger("sklearn_service")
 
-MODEL_TAG = os.environ.get("MODEL_TAG", "sklearn_model:latest")
-try:  # the tag, the model loads, what it is and answers (see model_check): checked before anything starts
-    try:
-        MODEL = bentoml.models.BentoModel(MODEL_TAG)
-    except (ValueError, bentoml.exceptions.BentoMLException):
-        raise model_check.ModelError(f"MODEL_TAG {shown(MODEL_TAG)} is not a model tag: name or name:version, "
-                                     "each letters, digits, '_', '-' or '.'") from None
-    STORED, FACTS = model_check.facts(MODEL)
+APP = config.app()
+# The models (served_models.py): MODELS or app.models, else MODEL_TAG; each checked before anything
+# starts (see model_check), once per server. The default model answers the classic routes; as
+# configured at start-up ("boot"), it is also served through the runner's batchable APIs.
+STATE = served_models.StateFolder.for_this_server()
+try:
+    STARTING, DEFAULT = served_models.starting_models(APP)
+    STATE.start(STARTING, DEFAULT)
 except model_check.ModelError as exc:
     raise SystemExit(f"error: {exc}") from None
-SIGNATURE = FACTS.signature  # validation, OpenAPI schema, metrics, payload log
+BOOT = next(m for m in STARTING if m.tag.name == DEFAULT)
+SIGNATURE = STATE.facts(BOOT).signature  # the classic routes' OpenAPI schema
 Row = row_type(SIGNATURE)
 RUNNER_BATCHING = config.batching("ModelRunner")
 # explaining costs far more per row than predicting: smaller batches keep each call short
 EXPLAIN_BATCHING = {**RUNNER_BATCHING,
                     "max_batch_size": min(EXPLAIN_ROWS_PER_CALL, RUNNER_BATCHING.get("max_batch_size", 10**9))}
 EXPLAIN_INLINE_ROWS = 2  # explained on the runner's event loop; more go to a worker thread
-APP = config.app()
+REPLACED_IDLE_SECONDS = 60  # a runner keeps a replaced version this long after its last call
 Top = t.Annotated[StrictInt, Field(ge=1)]  # how many contributions /explain lists (true is not a number)
 
 
 @bentoml.service(**config.service("ModelRunner"))
 class ModelRunner:
-    model_ref = MODEL  # declared on the class so `bentoml build` packs the model
+    """Holds the models: the boot model behind the batchable APIs, any served version behind `infer`."""
+
+    model_ref = bentoml.models.BentoModel(str(BOOT.tag))  # declared on the class so `bentoml build` packs it
 
     def __init__(self) -> None:
+        self.models: dict[str, t.Any] = {}    # tag -> ServingModel
+        self._loading: dict[str, asyncio.Lock] = {}
+        self._used: dict[str, float] = {}     # tag -> when last called, for pruning replaced versions
+        self._record = served_models.RecordWatch(STATE)
+        self.model = self._load(str(BOOT.tag))
+        gc.freeze()  # see SklearnService.__init__
+
+    def _load(self, tag: str):
         # imported here so that only this process loads scikit-learn (~120 MB each)
         from sklearn_service.explain import for_stored_model
         from sklearn_service.serving_model import ServingModel
 
-        pipeline = bentoml.sklearn.load_model(self.model_ref)
-        # the start-up check found whether it can be built (model_check.explainability); the API refuses otherwise
-        explainer = for_stored_model(pipeline, SIGNATURE, STORED.path) if FACTS.explained_output else None
-        self.model = ServingModel(pipeline, SIGNATURE, compiled=APP["compiled_trees"], outputs=FACTS.outputs,
-                                  explainer=explainer)
-        gc.freeze()  # see SklearnService.__init__
+        stored = bentoml.models.get(tag)
+        facts = STATE.facts(stored)
+        pipeline = bentoml.sklearn.load_model(stored)
+        # the model check found whether it can be built (model_check.explainability); the API refuses otherwise
+        explainer = for_stored_model(pipeline, facts.signature, stored.path) if facts.explained_output else None
+        self.models[tag] = ServingModel(pipeline, facts.signature, compiled=APP["compiled_trees"],
+                                        outputs=facts.outputs, explainer=explainer)
+        return self.models[tag]
+
+    async def _model(self, tag: str):
+        """The ServingModel of a version, loaded (off the event loop) on its first call here."""
+        self._used[tag] = time.monotonic()
+        model = self.models.get(tag)
+        if model is None:
+            async with self._loading.setdefault(tag, asyncio.Lock()):
+                model = self.models.get(tag) or await asyncio.to_thread(self._load, tag)
+            self._prune()
+        return model
+
+    def _prune(self) -> None:
+        """Drops versions no longer served (replaced or unloaded) once idle for a while."""
+        served = set(self._record.current()[0].models.values()) | {str(BOOT.tag)}
+        idle = time.monotonic() - REPLACED_IDLE_SECONDS
+        for tag in [tag for tag in self.models if tag not in served and self._used.get(tag, 0) < idle]:
+            del self.models[tag]
+
+    async def _serve(self, model, method: str, rows: np.ndarray) -> np.ndarray:
+        if method != "explain":
+            return await model.serve_async(method, rows)
+        # At ~1 ms a row (a forest of 100 trees), a batch goes to a worker thread, so that predictions
+        # need not wait for it; a row or two is answered sooner than a hop there.
+        if len(rows) <= EXPLAIN_INLINE_ROWS:
+            return model.explain(rows)
+        return await asyncio.to_thread(model.explain, rows)
 
     # async: the compiled path answers in microseconds, less than a hop to a worker thread (a batch
     # the model raises on is searched for its bad rows in one). Rows arrive encoded (see
@@ -83,80 +123,97 @@ class ModelRunner:
     @bentoml.api(batchable=True, **EXPLAIN_BATCHING)
     async def explain(self, rows: np.ndarray) -> JsonArray:
         """predict_all's columns, then each row's explanation (ServingModel.explain); the rows' last
-        column is the class to explain. At ~1 ms a row (a forest of 100 trees), a batch goes to a worker
-        thread, so that predictions need not wait for it; a row or two is answered sooner than a hop there."""
-        if len(rows) <= EXPLAIN_INLINE_ROWS:
-            return self.model.explain(rows)
-        return await asyncio.to_thread(self.model.explain, rows)
+        column is the class to explain."""
+        return await self._serve(self.model, "explain", rows)
+
+    @bentoml.api
+    async def infer(self, tag: str, method: str, rows: np.ndarray) -> JsonArray:
+        """A runner method (predict, predict_all, explain) of any stored version. Not batched here: each
+        API worker gathers a model's rows (coalescer.py), and rows of two models never share a call."""
+        return await self._serve(await self._model(tag), method, rows)
+
+    @bentoml.api
+    async def load(self, tag: str) -> str:
+        """Loads a version and tries it on its signature's example row: what went wrong, or ""."""
+        try:
+            model = await self._model(tag)
+            if model.signature.example and np.isnan(model.serve("predict", model.signature.example_matrix())).any():
+                return "it could not predict its signature's example row; see the server log"
+        except Exception as exc:
+            logger.warning("loading %s failed", tag, exc_info=exc)
+            return f"{type(exc).__name__}: {exc}"
+        return ""
+
+
+# `bentoml build` packs every configured model, not only the one declared on the class
+ModelRunner.models.extend(bentoml.models.BentoModel(str(m.tag)) for m in STARTING if m is not BOOT)
 
 
 async def metadata(request: Request) -> JSONResponse:
-    return JSONResponse(bentoml.get_current_service().metadata)
+    return JSONResponse(bentoml.get_current_service().models.default.metadata)
 
 
 @bentoml.service(**config.service("SklearnService"))
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata)]), name="metadata")
 @bentoml.asgi_app(open_inference.app, name="open_inference")  # the V2 protocol beside the API
+@bentoml.asgi_app(model_routes.app({m.tag.name: STATE.facts(m).signature for m in STARTING}), name="models")
 class SklearnService:
     """The API: each route parses its form of request, and the model's PredictionCore validates,
-    predicts and records (see prediction_core.py); V2 takes the same core (open_inference.py)."""
+    predicts and records (see prediction_core.py). The routes here answer for the default model;
+    /models/{name}/... (model_routes.py) and V2 (open_inference.py) for any served model."""
 
     runner = bentoml.depends(ModelRunner)
     start_grpc, stop_grpc = grpc_lifecycle.hooks(APP)  # V2 over gRPC too: a server per worker, on app.grpc.port
 
     def __init__(self) -> None:
-        monitoring = config.service("SklearnService").get("monitoring", {})
-        self.core = PredictionCore(STORED.info, SIGNATURE, FACTS, self._call_runner, APP, monitoring)
-        self.metadata = self.core.metadata
+        self.monitoring = config.service("SklearnService").get("monitoring", {})
+        self.models = served_models.ServedModels(STATE, self._core, self._warm)
+        # the classic APIs' own input types: /models/{name}/... validate bodies as they do
+        self.inputs = {name: SklearnService.apis[name].input_spec for name in model_routes.ROUTES}
         self.runner_dead_seconds = float(APP["runner_dead_seconds"])
         # Keep the ~170k start-up objects out of garbage collection: a full pass over
         # them would stall the event loop for ~85 ms.
         gc.freeze()
 
+    def _core(self, stored, facts) -> PredictionCore:
+        tag = str(stored.tag)
+        call = self._call_runner if tag == str(BOOT.tag) else functools.partial(self._call_infer, tag)
+        return PredictionCore(stored.info, facts.signature, facts, call, APP, self.monitoring)
+
+    # the runner's proxy is looked up per call: it is not set up during __init__
     async def _call_runner(self, method: str, rows: np.ndarray) -> np.ndarray:
-        # looked up per call: the runner's proxy is not set up during __init__
         return await getattr(self.runner.to_async, method)(rows)
+
+    async def _call_infer(self, tag: str, method: str, rows: np.ndarray) -> np.ndarray:
+        return await self.runner.to_async.infer(tag=tag, method=method, rows=rows)
+
+    async def _warm(self, tag: str) -> str:
+        return await self.runner.to_async.load(tag=tag)
 
     def model(self, name: str, version: str | None = None) -> PredictionCore | None:
         """The served model by name (and version, if given), or None."""
-        core = self.core
-        return core if name == core.name and version in (None, core.version) else None
+        return self.models.get(name, version)
 
     def __is_alive__(self) -> bool:
         """/livez fails once the runner has been unreachable for app.runner_dead_seconds: inside
         a container BentoML does not restart a dead runner, so the orchestrator has to."""
-        stalled = self.core.stalled_since
+        stalled = self.models.default.stalled_since
         return stalled is None or time.monotonic() - stalled < self.runner_dead_seconds
 
     @bentoml.api
     async def predict(self, features: Row) -> Prediction:
         """One row, positional or by feature name: the seed's contract."""
-        try:
-            answer = await self.core.answer("/predict", [features], one_row=True)
-        except RequestError as exc:
-            return error_response(exc)
-        return Prediction(prediction=answer.predictions[0])
+        return await answered(model_routes.predict(self.models.default, features))
 
     @bentoml.api
     async def predict_batch(self, instances: list[Row]) -> Predictions:
         """Many rows in one request (at most app.max_batch_rows); order is kept."""
-        try:
-            answer = await self.core.answer("/predict_batch", instances)
-        except RequestError as exc:
-            return error_response(exc)
-        return Predictions(predictions=answer.predictions)
+        return await answered(model_routes.predict_batch(self.models.default, instances))
 
     @bentoml.api
     async def predict_proba(self, features: Row) -> Probabilities:
         """Class probabilities keyed by class label (classifiers only)."""
-        # the prediction is the model's predict, which need not be the most probable class
-        try:
-            answer = await self.core.answer("/predict_proba", [features], outputs=("predict", "predict_proba"),
-                                            one_row=True)
-        except RequestError as exc:
-            return error_response(exc)
-        return Probabilities(prediction=answer.predictions[0], probabilities=dict(
-            zip(self.core.label_keys, answer.outputs["predict_proba"][0].tolist())))
+        return await answered(model_routes.predict_proba(self.models.default, features))
 
     @bentoml.api
     async def explain(self, features: Row, explained_class: Value = None,
@@ -164,38 +221,21 @@ class SklearnService:
         """One row's prediction and why: what each feature adds to the model's output (README
         "Explanations"). explained_class: the class whose output is explained (default: the
         predicted one); top: only the largest contributions."""
-        try:
-            answer = await self.core.answer("/explain", [features], outputs=("predict", EXPLANATION), one_row=True,
-                                            explained_class=explained_class)
-        except RequestError as exc:
-            return error_response(exc)
-        return explained(answer, SIGNATURE.names, top)[0]
+        return await answered(model_routes.explain(self.models.default, features, explained_class, top))
 
     @bentoml.api
     async def explain_batch(self, instances: list[Row], explained_class: Value = None,
                             top: Top | None = None) -> ExplainedPredictions:
         """/explain for many rows (at most app.max_batch_rows); order is kept."""
-        try:
-            answer = await self.core.answer("/explain_batch", instances, outputs=("predict", EXPLANATION),
-                                            explained_class=explained_class)
-        except RequestError as exc:
-            return error_response(exc)
-        return ExplainedPredictions(explanations=explained(answer, SIGNATURE.names, top))
+        return await answered(model_routes.explain_batch(self.models.default, instances, explained_class, top))
 
 
-def explained(answer: Answer, names: list[str], top: int | None) -> list[ExplainedPrediction]:
-    """Each row's explanation, its contributions largest first (at most `top` of them; `rest` adds up the others)."""
-    e, contributions = answer.explained, answer.outputs[EXPLANATION]
-    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")
-    bodies = []
-    for i, prediction in enumerate(answer.predictions):
-        row, kept = contributions[i], order[i, :top]
-        bodies.append(ExplainedPrediction(
-            prediction=prediction, output=e.output, explained_class=None if e.classes is None else e.classes[i],
-            value=float(e.values[i]), base_value=float(e.base_values[i]),
-            contributions={names[j]: float(row[j]) for j in kept.tolist()},
-            rest=float(row[order[i, len(kept):]].sum())))
-    return bodies
+async def answered(answer: t.Awaitable):
+    """The route's body, or the error response of its RequestError."""
+    try:
+        return await answer
+    except RequestError as exc:
+        return error_response(exc)
 
 
 SklearnService.add_asgi_middleware(HealthProbes)  # outermost: probes stay open

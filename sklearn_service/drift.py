@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from sklearn_service.prom import family
 from sklearn_service.signature import Signature
 
 EPSILON = 1e-4
@@ -102,8 +103,9 @@ class Bins:
 
 class DriftMonitor:
     def __init__(self, signature: Signature, window_rows: int, window_minutes: float | None = None,
-                 min_rows: int = 500, registry=None, start: bool = True):
-        from prometheus_client import REGISTRY, Gauge
+                 min_rows: int = 500, registry=None, start: bool = True, model: str = ""):
+        """`model`: the served model's name, the `model` label of its gauges."""
+        from prometheus_client import Gauge
 
         self.bins = Bins(signature)
         self.window_rows = int(window_rows)
@@ -114,17 +116,19 @@ class DriftMonitor:
         self._counts = np.zeros(self.bins.size, dtype=np.int64)
         self.rows = 0
 
-        registry = registry or REGISTRY
-        feature_psi = Gauge("ml_feature_drift_psi", "PSI of a feature over the drift window against training "
-                            "(max over workers)", ["feature"], multiprocess_mode="livemax", registry=registry)
-        prediction_psi = Gauge("ml_prediction_drift_psi", "PSI of the predictions over the drift window against "
-                               "the training target (max over workers)", multiprocess_mode="livemax", registry=registry)
-        self._window_rows = Gauge("ml_drift_window_rows", "Rows in the drift windows (sum over workers)",
-                                  multiprocess_mode="livesum", registry=registry)
-        self._gauges = [prediction_psi if name == "prediction" and source is None else feature_psi.labels(name)
+        feature_psi = family(registry, Gauge, "ml_feature_drift_psi", "PSI of a feature over the drift window "
+                             "against training (max over workers)", ["model", "feature"], multiprocess_mode="livemax")
+        prediction_psi = family(registry, Gauge, "ml_prediction_drift_psi", "PSI of the predictions over the drift "
+                                "window against the training target (max over workers)", ["model"],
+                                multiprocess_mode="livemax")
+        self._window_rows = family(registry, Gauge, "ml_drift_window_rows", "Rows in the drift windows (sum over "
+                                   "workers)", ["model"], multiprocess_mode="livesum").labels(model)
+        self._gauges = [prediction_psi.labels(model) if name == "prediction" and source is None
+                        else feature_psi.labels(model, name)
                         for name, source in zip(self.bins.names, self.bins.sources)]
         if not self.bins.has_prediction:
-            prediction_psi.set(0)
+            prediction_psi.labels(model).set(0)
+        self._stopped = threading.Event()
         self.publish()  # every series exists from start-up, at 0
         if start:
             threading.Thread(target=self._run, name="drift", daemon=True).start()
@@ -166,9 +170,12 @@ class DriftMonitor:
             self._counts -= self.bins.counts(dropped)
             self.rows -= len(dropped)
 
+    def stop(self) -> None:
+        """No more updates: the model's version was replaced or unloaded."""
+        self._stopped.set()
+
     def _run(self) -> None:
-        while True:
-            time.sleep(TICK_SECONDS)
+        while not self._stopped.wait(TICK_SECONDS):
             try:
                 self.publish()
             except Exception:  # keep serving and keep trying: drift is a signal, not the service

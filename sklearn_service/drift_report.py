@@ -156,6 +156,23 @@ def write_html(signature: Signature, reference: pd.DataFrame, current: pd.DataFr
         raise SystemExit(f"Evidently's report failed:\n{result.stderr[-3000:]}")
 
 
+def bentoml_tag(tag: str):
+    import bentoml
+
+    return bentoml.models.get(tag).tag
+
+
+def of_model(log: pd.DataFrame, tag: str) -> pd.DataFrame:
+    """The logged rows this version of the model answered (a log of several models holds them all)."""
+    if "model_tag" not in log.columns:  # written before logs named the model
+        return log
+    rows = log[log["model_tag"] == tag]
+    if rows.empty:
+        there = ", ".join(map(str, log["model_tag"].unique()))
+        raise SystemExit(f"no rows of {tag} in the payload log; it holds rows of: {there}")
+    return rows.reset_index(drop=True)
+
+
 def load_model(tag: str) -> tuple[Signature, pd.DataFrame]:
     import bentoml
 
@@ -178,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     signature, reference = load_model(args.model)
-    current = read_log(args.log)
+    current = of_model(read_log(args.log), str(bentoml_tag(args.model)))
     print(format_summary(summarize(signature, reference, current), len(current)))
     python = os.environ.get("DRIFT_REPORT_PYTHON") or REPORT_PYTHON
     if not Path(python).exists():

@@ -13,6 +13,7 @@ import numpy as np
 
 from sklearn_service.category_codes import is_unseen
 from sklearn_service.drift import DriftMonitor
+from sklearn_service.prom import family
 from sklearn_service.signature import Signature
 
 # 0.5 ms to 10 s: the compiled path answers in well under a millisecond.
@@ -38,13 +39,12 @@ REJECT_REASONS = (
 
 
 class ServiceMetrics:
-    def __init__(self, tag: str, created: str, signature: Signature, model_kind: str, drift: dict | None = None,
-                 registry=None):
-        """`registry`: where the metrics are registered, prometheus_client's default unless given (tests
+    def __init__(self, model: str, tag: str, created: str, signature: Signature, model_kind: str,
+                 drift: dict | None = None, registry=None):
+        """One served model's series, labelled `model` (its name) and, where a version matters, `model_tag`.
+        `registry`: where the metrics are registered, prometheus_client's default unless given (tests
         give each instance its own)."""
-        from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-
-        registry = REGISTRY if registry is None else registry
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.tag = tag
         self.feature_names = signature.names
@@ -55,60 +55,64 @@ class ServiceMetrics:
         self.category_columns = [i for i, f in enumerate(signature.features) if f.is_category]
         self.class_names = None if signature.classes is None else [str(c) for c in signature.classes]
 
-        self.predictions = Counter(
-            "ml_predictions_total", "Rows answered, by endpoint, model tag and outcome (success, rejected, error)",
-            ["endpoint", "model_tag", "outcome"], registry=registry)
-        self.latency = Histogram(
-            "ml_prediction_latency_seconds", "Time from validated request to answer, per endpoint",
-            ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.rejected = Counter(
-            "ml_rejected_requests_total", "Requests refused before prediction, by reason", ["endpoint", "reason"],
-            registry=registry)
-        self.out_of_range = Counter(
-            "ml_feature_out_of_range_total", "Feature values outside the training range (drift signal)", ["feature"],
-            registry=registry)
-        self.unseen = Counter(
-            "ml_unseen_category_total", "Category values not seen in training, answered as unseen", ["feature"],
-            registry=registry)
-        self.rows_per_call = Histogram(
-            "ml_runner_call_rows", "Rows per API-to-runner call after gathering concurrent requests",
-            buckets=ROWS_BUCKETS, registry=registry)
+        predictions = family(registry, Counter, "ml_predictions_total", "Rows answered, by model, endpoint, model "
+                             "tag and outcome (success, rejected, error)",
+                             ["model", "endpoint", "model_tag", "outcome"])
+        latency = family(registry, Histogram, "ml_prediction_latency_seconds", "Time from validated request to "
+                         "answer, per model and endpoint", ["model", "endpoint"], buckets=LATENCY_BUCKETS)
+        rejected = family(registry, Counter, "ml_rejected_requests_total", "Requests refused before prediction, by "
+                          "model, endpoint and reason", ["model", "endpoint", "reason"])
+        out_of_range = family(registry, Counter, "ml_feature_out_of_range_total", "Feature values outside the "
+                              "training range (drift signal)", ["model", "feature"])
+        unseen = family(registry, Counter, "ml_unseen_category_total", "Category values not seen in training, "
+                        "answered as unseen", ["model", "feature"])
+        self.rows_per_call = family(registry, Histogram, "ml_runner_call_rows", "Rows per API-to-runner call after "
+                                    "gathering concurrent requests", ["model"], buckets=ROWS_BUCKETS).labels(model)
         if self.class_names is not None:
-            self.classes = Counter("ml_predicted_class_total", "Predictions per class", ["model_tag", "class_name"],
-                                   registry=registry)
-        else:
-            self.values = Histogram("ml_predicted_value", "Distribution of predicted values", ["model_tag"],
-                                    buckets=tuple((signature.prediction_stats or {}).get("bins")
-                                                  or Histogram.DEFAULT_BUCKETS), registry=registry)
-        # series for every known endpoint, outcome, reason, feature and class exist from start-up, at 0
+            classes = family(registry, Counter, "ml_predicted_class_total", "Predictions per class",
+                             ["model", "model_tag", "class_name"])
+            self._classes = [classes.labels(model, tag, name) for name in self.class_names]
+        else:  # one family for every regressor: the first one's training target sets the buckets
+            self.values = family(registry, Histogram, "ml_predicted_value", "Distribution of predicted values",
+                                 ["model", "model_tag"], buckets=tuple((signature.prediction_stats or {}).get("bins")
+                                                                       or Histogram.DEFAULT_BUCKETS)).labels(model, tag)
+        # series for every known endpoint, outcome, reason, feature and class exist from the model's load, at 0
+        self.model, self._predictions, self._latency, self._rejected = model, predictions, latency, rejected
         for endpoint in ENDPOINTS:
-            self.latency.labels(endpoint)
+            latency.labels(model, endpoint)
             for outcome in OUTCOMES:
-                self.predictions.labels(endpoint, tag, outcome)
+                predictions.labels(model, endpoint, tag, outcome)
             for reason in REJECT_REASONS:
-                self.rejected.labels(endpoint, reason)
-        if self.class_names is None:
-            self.values.labels(tag)
+                rejected.labels(model, endpoint, reason)
+        # the children a success touches, looked up once per endpoint: it runs for every request
+        self._per_endpoint: dict[str, tuple] = {}
         _bentoml_latency_series()
-        self._out_of_range = [self.out_of_range.labels(name) for name in self.feature_names]
-        self._unseen = [self.unseen.labels(self.feature_names[column]) for column in self.category_columns]
-        self._classes = [self.classes.labels(tag, name) for name in self.class_names or []]
-        self._endpoint_children: dict[str, tuple] = {}
-        info = Gauge("ml_model_info", "The model being served (value 1)",
-                     ["model_tag", "task", "model_kind", "created"], multiprocess_mode="livemax", registry=registry)
-        info.labels(tag, signature.task, model_kind, created).set(1)
+        self._out_of_range = [out_of_range.labels(model, name) for name in self.feature_names]
+        self._unseen = [unseen.labels(model, self.feature_names[column]) for column in self.category_columns]
+        info = family(registry, Gauge, "ml_model_info", "The models being served (value 1; 0 once replaced or "
+                      "unloaded)", ["model", "model_tag", "task", "model_kind", "created"], multiprocess_mode="livemax")
+        self._info = info.labels(model, tag, signature.task, model_kind, created)
+        self._info.set(1)
         # app.drift in configuration.yaml; off: not even the series exist
         self.drift = None
         if drift and drift["enabled"]:
             self.drift = DriftMonitor(signature, drift["window_rows"], drift["window_minutes"], drift["min_rows"],
-                                      registry=registry)
+                                      registry=registry, model=model)
+
+    def retire(self) -> None:
+        """This version is no longer served: its info reads 0, its drift window stops."""
+        self._info.set(0)
+        if self.drift is not None:
+            self.drift.stop()
 
     def success(self, endpoint: str, rows: np.ndarray, predictions: np.ndarray, seconds: float) -> None:
-        # Runs for every request: label children are looked up once per endpoint or feature, and the
-        # per-feature counters are touched only where something was counted.
-        served, latency = self._per_endpoint(endpoint)
-        served.inc(len(rows))
-        latency.observe(seconds)
+        # Runs for every request: per-feature counters are touched only where something was counted.
+        found = self._per_endpoint.get(endpoint)
+        if found is None:
+            found = self._per_endpoint[endpoint] = (self._predictions.labels(self.model, endpoint, self.tag, "success"),
+                                                    self._latency.labels(self.model, endpoint))
+        found[0].inc(len(rows))
+        found[1].observe(seconds)
         outside = (rows < self.low) | (rows > self.high)
         if outside.any():
             for column, count in enumerate(np.count_nonzero(outside, axis=0).tolist()):
@@ -127,23 +131,15 @@ class ServiceMetrics:
                 if count:
                     self._classes[index].inc(count)
         else:
-            values = self.values.labels(self.tag)
             for value in predictions.tolist():
-                values.observe(value)
-
-    def _per_endpoint(self, endpoint: str):
-        found = self._endpoint_children.get(endpoint)
-        if found is None:
-            found = self._endpoint_children[endpoint] = (self.predictions.labels(endpoint, self.tag, "success"),
-                                                         self.latency.labels(endpoint))
-        return found
+                self.values.observe(value)
 
     def reject(self, endpoint: str, reason: str, rows: int) -> None:
-        self.rejected.labels(endpoint, reason).inc()
-        self.predictions.labels(endpoint, self.tag, "rejected").inc(rows)
+        self._rejected.labels(self.model, endpoint, reason).inc()
+        self._predictions.labels(self.model, endpoint, self.tag, "rejected").inc(rows)
 
     def error(self, endpoint: str, rows: int) -> None:
-        self.predictions.labels(endpoint, self.tag, "error").inc(rows)
+        self._predictions.labels(self.model, endpoint, self.tag, "error").inc(rows)
 
 
 def _bentoml_latency_series() -> None:

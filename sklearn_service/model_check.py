@@ -204,8 +204,9 @@ def main(argv: list[str]) -> int:
 
 # ---- in the server's processes --------------------------------------------------------------------
 
-def stored_model(model_ref):
-    """The stored model a BentoModel names, or ModelError naming the tag and the models there are."""
+def stored_model(model_ref, setting: str = "MODEL_TAG"):
+    """The stored model a BentoModel names, or ModelError naming the tag, the setting it came from and
+    the models there are."""
     stored = model_ref.stored
     if stored is None:
         import bentoml
@@ -217,17 +218,22 @@ def stored_model(model_ref):
         there.sort(key=lambda t: (rank.get(t.split(":")[0], len(close)), t))
         listed = ", ".join(there[:20]) + (", ..." if len(there) > 20 else "") if there else "none"
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ModelError(f"no model {model_ref.tag} in the model store (MODEL_TAG){hint}; models there: {listed}")
+        raise ModelError(f"no model {model_ref.tag} in the model store ({setting}){hint}; models there: {listed}")
     return stored
 
 
 def facts(model_ref) -> tuple[object, ModelFacts]:
     """The stored model and its facts: as the server's main process left them in the environment, else checked now."""
     stored = stored_model(model_ref)
+    return stored, facts_of(stored)
+
+
+def facts_of(stored) -> ModelFacts:
+    """facts() of a model in the store."""
     tag = str(stored.tag)
     cached = _read(os.environ.get(FACTS_ENV))
     if cached.get("tag") == tag:
-        return stored, ModelFacts.from_json(cached)
+        return ModelFacts.from_json(cached)
     try:
         done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", stored.path], cwd=ROOT,
                               capture_output=True, text=True, timeout=CHECK_SECONDS)
@@ -243,7 +249,7 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
     text = done.stdout.strip().splitlines()[-1]
     if len(text) <= ENV_LIMIT:  # larger (a huge signature): each worker checks for itself
         os.environ[FACTS_ENV] = text  # inherited by the workers BentoML starts from this process
-    return stored, ModelFacts.from_json(json.loads(text))
+    return ModelFacts.from_json(json.loads(text))
 
 
 def _read(text: str | None) -> dict:

@@ -13,6 +13,8 @@ output (all of them, in the protocol) pays for no explanation it did not ask for
 
 from __future__ import annotations
 
+import json
+
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,7 +24,6 @@ from starlette.routing import Route
 from sklearn_service import v2_codec
 from sklearn_service.errors import RequestError
 from sklearn_service.prediction_core import EXPLANATION, PredictionCore
-from sklearn_service.user_input import shown
 
 ENDPOINT = "/v2/infer"  # the metrics label of every V2 inference request
 
@@ -38,8 +39,8 @@ def _model(request: Request) -> PredictionCore | None:
 
 
 def unknown_model(name: str, version: str | None) -> RequestError:
-    shown_version = f" version {shown(version)}" if version is not None else ""
-    return RequestError("unknown_model", f"no model {shown(name)}{shown_version} here", 404)
+    """The 404 for a model not served: why, and which models are."""
+    return bentoml.get_current_service().models.missing(name, version)
 
 
 def _unknown_model(request: Request) -> JSONResponse:
@@ -49,7 +50,7 @@ def _unknown_model(request: Request) -> JSONResponse:
 
 async def server_metadata(request: Request) -> JSONResponse:
     return JSONResponse({"name": "sklearn-service", "version": bentoml.__version__,
-                         "extensions": ["binary_tensor_data"]})
+                         "extensions": ["binary_tensor_data", "model_repository"]})
 
 
 async def model_metadata(request: Request) -> JSONResponse:
@@ -103,6 +104,57 @@ async def infer(request: Request) -> Response:
     return Response(content, headers=answer_headers)
 
 
+# ---- the model repository extension (as Triton and MLServer have it) -----------------------------
+
+async def _body(request: Request) -> dict:
+    """The optional JSON object a repository call takes, or RequestError."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise RequestError("invalid_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RequestError("invalid_request", "the body must be a JSON object")
+    return body
+
+
+async def repository_index(request: Request) -> JSONResponse:
+    """Every model in the store, each version READY (served) or UNAVAILABLE with the reason;
+    {"ready": true}: only the served ones."""
+    try:
+        ready = (await _body(request)).get("ready", False)
+        if not isinstance(ready, bool):
+            raise RequestError("invalid_request", "'ready' must be true or false")
+    except RequestError as exc:
+        return protocol_error(exc)
+    return JSONResponse(bentoml.get_current_service().models.index(ready_only=ready))
+
+
+async def repository_load(request: Request) -> JSONResponse:
+    """Serves {name}:latest, or the version in {"parameters": {"version": "..."}}, taking over from the
+    version served now once it has answered its example row."""
+    name = request.path_params["name"]
+    try:
+        parameters = (await _body(request)).get("parameters") or {}
+        version = parameters.get("version") if isinstance(parameters, dict) else None
+        if not isinstance(parameters, dict) or not isinstance(version, (str, type(None))):
+            raise RequestError("invalid_request", "'parameters' must be an object; its 'version' a string")
+        core = await bentoml.get_current_service().models.load(name, version)
+    except RequestError as exc:
+        return protocol_error(exc)
+    return JSONResponse({"name": core.name, "version": core.version, "state": "READY"})
+
+
+async def repository_unload(request: Request) -> JSONResponse:
+    name = request.path_params["name"]
+    try:
+        await _body(request)
+        bentoml.get_current_service().models.unload(name)
+    except RequestError as exc:
+        return protocol_error(exc)
+    return JSONResponse({"name": name, "state": "UNAVAILABLE"})
+
+
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
 app = Starlette(routes=[
@@ -110,4 +162,7 @@ app = Starlette(routes=[
     *[Route(path, model_metadata) for path in (MODEL, VERSION)],
     *[Route(path + "/ready", model_ready) for path in (MODEL, VERSION)],
     *[Route(path + "/infer", infer, methods=["POST"]) for path in (MODEL, VERSION)],
+    Route("/v2/repository/index", repository_index, methods=["POST"]),
+    Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+    Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
 ])

@@ -92,8 +92,10 @@ def decoded_columns(signature: Signature, rows: np.ndarray) -> dict[str, list]:
 
 
 class PayloadLog:
-    def __init__(self, enabled: bool, signature: Signature):
+    def __init__(self, enabled: bool, signature: Signature, tag: str = ""):
+        """`tag`: the served model's tag, logged with each of its rows (several models share the log)."""
         self.enabled = enabled
+        self.tag = tag
         self.signature = signature
         self.labels = None if signature.classes is None else np.array(signature.classes, dtype=object)
         if enabled and (reserved := reserved_names(signature.names)):
@@ -120,6 +122,7 @@ class PayloadLog:
             predictions = self.labels[predictions.astype(int)]
         with bentoml.monitor(MONITOR_NAME) as monitor:
             monitor.log_batch([endpoint] * len(rows), name="endpoint", role="request", data_type="categorical")
+            monitor.log_batch([self.tag] * len(rows), name="model_tag", role="request", data_type="categorical")
             columns = decoded_columns(self.signature, rows)
             for f in self.signature.features:
                 monitor.log_batch(columns[f.name], name=f.name, role="feature",

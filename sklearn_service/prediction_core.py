@@ -82,14 +82,34 @@ class PredictionCore:
                          "feature_names": signature.names, "classes": signature.classes,
                          "input_schema": signature.json_schema(), "signature": signature.to_metadata(),
                          **{k: meta[k] for k in ("holdout_metrics", "versions", "training") if k in meta}}
-        self.metrics = ServiceMetrics(str(info.tag), self.metadata["created"], signature, facts.model_kind,
-                                      drift=app["drift"], registry=registry)
-        self.payload_log = PayloadLog(bool(monitoring.get("enabled")), signature)
+        self.metrics = ServiceMetrics(self.name, str(info.tag), self.metadata["created"], signature,
+                                      facts.model_kind, drift=app["drift"], registry=registry)
+        self.payload_log = PayloadLog(bool(monitoring.get("enabled")), signature, str(info.tag))
+        self._call_runner = call_runner
+        # Each model has its own coalescers: its own queue limit (app.max_queued_rows) and at most two
+        # calls in flight per API worker, so a flood of one model cannot hold the runner from the others.
         waiting, stall = int(app["max_queued_rows"]), float(app["runner_stall_seconds"])
         # predict alone, or predict with every other output (one runner call either way)
         self._predict = Coalescer(self._runner("predict", call_runner), self.max_rows, waiting, stall)
         self._predict_all = Coalescer(self._runner("predict_all", call_runner), self.max_rows, waiting, stall)
         self._explain = Coalescer(self._runner("explain", call_runner), EXPLAIN_ROWS_PER_CALL, waiting, stall)
+
+    def retire(self) -> None:
+        """Another version took over, or the model was unloaded: requests in flight still finish here."""
+        self.metrics.retire()
+
+    async def check(self) -> None:
+        """The model answers its signature's example row through the runner (before it takes over),
+        else RequestError saying why."""
+        if not self.signature.example:
+            return  # nothing to try: the runner's own load probed the model
+        try:
+            out = await self._call_runner("predict", self.signature.example_matrix())
+        except Exception as exc:
+            raise runner_failure(exc, logger) from None
+        if np.isnan(out).any():
+            raise RequestError("model_failed_check", f"model {self.metadata['tag']} could not predict its "
+                                                     "signature's example row; see the server log", 422)
 
     def _runner(self, method: str, call_runner: RunnerCall):
         async def call(rows: np.ndarray) -> np.ndarray:

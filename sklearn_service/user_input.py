@@ -21,9 +21,10 @@ MAX_NAME_CHARS = 1_000               # a column or feature name (it labels metri
 SHOWN_CHARS = 60                     # how much of one user value a message quotes
 SHOWN_ITEMS = 8                      # how many names a message lists
 # Columns the payload log (BentoML's monitor: timestamp, request_id, trace_id, and bento_meta for
-# OTLP; ours: endpoint, prediction) and the stored reference sample (model_store.TARGET_COLUMN) write
+# OTLP; ours: endpoint, model_tag, prediction) and the stored reference sample (model_store.TARGET_COLUMN) write
 # beside the features: a feature so named would overwrite or be renamed in them.
-RESERVED_NAMES = ("endpoint", "prediction", "timestamp", "request_id", "trace_id", "bento_meta", "__target__")
+RESERVED_NAMES = ("endpoint", "model_tag", "prediction", "timestamp", "request_id", "trace_id", "bento_meta",
+                  "__target__")
 
 
 class DataError(ValueError):

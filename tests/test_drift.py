@@ -29,7 +29,7 @@ def encoded(signature: Signature, frame: pd.DataFrame) -> tuple[np.ndarray, np.n
 
 def monitor(signature, registry=None, **kwargs) -> DriftMonitor:
     return DriftMonitor(signature, **{"window_rows": 1000, "min_rows": 100, **kwargs},
-                        registry=registry or CollectorRegistry(), start=False)
+                        registry=registry or CollectorRegistry(), start=False, model="penguins")
 
 
 def test_psi_is_the_textbook_formula_on_the_training_bins(signature):
@@ -62,10 +62,11 @@ def test_only_the_shifted_feature_and_the_changed_category_drift(signature):
     m.publish()
     psi = m.psi()
     assert {name for name, value in psi.items() if value > 0.2} == {"bill_length_mm", "island"}, psi
-    published = {f: registry.get_sample_value("ml_feature_drift_psi", {"feature": f}) for f in FEATURES}
+    model = {"model": "penguins"}  # every series is the model's (several share a service)
+    published = {f: registry.get_sample_value("ml_feature_drift_psi", {**model, "feature": f}) for f in FEATURES}
     assert published == pytest.approx({f: psi[f] for f in FEATURES})
-    assert registry.get_sample_value("ml_prediction_drift_psi") == pytest.approx(psi["prediction"])
-    assert registry.get_sample_value("ml_drift_window_rows") == 1000
+    assert registry.get_sample_value("ml_prediction_drift_psi", model) == pytest.approx(psi["prediction"])
+    assert registry.get_sample_value("ml_drift_window_rows", model) == 1000
 
 
 def test_an_unseen_category_is_a_bin_of_its_own(signature):
@@ -97,8 +98,8 @@ def test_the_window_keeps_the_last_rows_and_forgets_old_ones(signature):
 
 def test_every_series_exists_at_zero_from_start_up(signature):
     registry = CollectorRegistry()
-    DriftMonitor(signature, 1000, registry=registry, start=False)
+    DriftMonitor(signature, 1000, registry=registry, start=False, model="penguins")
     samples = {(s.name, tuple(s.labels.values())): s.value for family in registry.collect() for s in family.samples}
-    assert samples == {("ml_feature_drift_psi", (f,)): 0 for f in FEATURES} | {
-        ("ml_prediction_drift_psi", ()): 0, ("ml_drift_window_rows", ()): 0}
+    assert samples == {("ml_feature_drift_psi", ("penguins", f)): 0 for f in FEATURES} | {
+        ("ml_prediction_drift_psi", ("penguins",)): 0, ("ml_drift_window_rows", ("penguins",)): 0}
 

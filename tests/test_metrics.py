@@ -108,6 +108,7 @@ def test_every_reason_a_request_is_refused_with_has_its_series():
     from harness.serving import ROOT
 
     not_refusals = {"unknown_model", "not_ready",  # V2 routes that predict nothing
+                    "unknown_route", "unknown_version", "load_failed", "default_model", "model_failed_check",  # repository
                     "overloaded", "runner_unavailable", "runner_error"}  # runner trouble: outcome "error"
     source = "".join(path.read_text() for path in [ROOT / "service.py", *(ROOT / "sklearn_service").glob("*.py")])
     raised = set(re.findall(r'RequestError\(\s*"(\w+)"', source))

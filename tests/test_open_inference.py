@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -420,10 +419,3 @@ def test_mixed_model_raw_columns_with_missing_values_and_errors(penguins):
     uneven = {"inputs": [columns["inputs"][0], {**columns["inputs"][2], "shape": [1], "data": [True]}]}
     assert "different numbers of rows" in v2(penguins, path, uneven).json()["error"]
 
-
-HUGE = "x" * 1_000_000
-
-
-def test_an_unknown_model_in_the_path_is_not_repeated_in_full():
-    answer = open_inference._unknown_model(SimpleNamespace(path_params={"name": HUGE, "version": HUGE}))
-    assert answer.status_code == 404 and len(answer.body) < 1000

@@ -42,7 +42,7 @@ class Core:
         return asyncio.run(self.core.answer(*args, **kwargs))
 
     def count(self, name: str, **labels) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
+        return self.registry.get_sample_value(name, {"model": self.core.name, **labels}) or 0.0
 
 
 @pytest.fixture
