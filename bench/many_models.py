@@ -181,6 +181,10 @@ def comparisons(results: dict) -> list[tuple[str, float | None]]:
          _ratio(_get(results, OURS_MANY, "rss_mb"), _get(results, OURS_ONE, "rss_mb"))),
         ("MLServer, 20 models ÷ 1 model, tree RSS",
          _ratio(_get(results, MLSERVER_MANY, "rss_mb"), _get(results, MLSERVER_ONE, "rss_mb"))),
+        ("this service, 20 models: c=64 on one model's route (the swap's run without a swap) ÷ 1 model's /predict, "
+         "rps", _ratio(_get(results, OURS_MANY, "swap", "baseline", "rps"), _get(results, OURS_ONE, "load", "rps"))),
+        ("this service, 20 models ÷ 1 model, server CPU per request at c=64",
+         _ratio(cpu_per_request(_get(results, OURS_MANY, "load")), cpu_per_request(_get(results, OURS_ONE, "load")))),
         ("this service ÷ MLServer, 20 models, tree RSS",
          _ratio(_get(results, OURS_MANY, "rss_mb"), _get(results, MLSERVER_MANY, "rss_mb"))),
         ("this service ÷ MLServer, 20 models, c=64 rps",
@@ -190,18 +194,35 @@ def comparisons(results: dict) -> list[tuple[str, float | None]]:
     ]
 
 
+def cpu_per_request(r: dict | None) -> float | None:
+    """The server's CPU ms per request in a wrk run (wrk's own left out)."""
+    if not r or "cpu_s" not in r or not r["requests"]:
+        return None
+    return 1000 * sum(s for role, s in r["cpu_s"].items() if role != "wrk") / r["requests"]
+
+
+def cpu_note(r: dict | None) -> str:
+    total = cpu_per_request(r)
+    if total is None:
+        return "—"
+    assert r is not None
+    each = ", ".join(f"{role} {1000 * s / r['requests']:.2f}" for role, s in r["cpu_s"].items()
+                     if role != "wrk" and 1000 * s / r["requests"] >= 0.005)
+    return f"{total:.2f} ({each})"
+
+
 def server_table(results: dict) -> list[str]:
     lines = ["| server | models | cold start s | tree RSS MB (after warm-up) | tree PSS MB | RSS after load MB "
-             "| c=64 rps | p50 ms | p99 ms | non-2xx | socket errors | timeouts |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| c=64 rps | p50 ms | p99 ms | non-2xx | socket errors | timeouts | server CPU ms per request |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, s in results["servers"].items():
         if "skipped" in s or "failed" in s:
             lines.append(f"| {name} | | {'skipped' if 'skipped' in s else '**failed**'}: "
-                         f"{s.get('skipped') or s.get('failed')} | | | | | | | | | |")
+                         f"{s.get('skipped') or s.get('failed')} | | | | | | | | | | |")
             continue
         r = s.get("load")
         load = (f"{r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.1f} | {r['non_2xx']} | {r['socket_errors']} | "
-                f"{r['timeouts']}") if r else "— | — | — | — | — | —"
+                f"{r['timeouts']} | {cpu_note(r)}") if r else "— | — | — | — | — | — | —"
         lines.append(f"| {name} | {len(s.get('models', []))} | {fmt(s.get('cold_start_s'))} | "
                      f"{fmt(s.get('rss_mb'), '.0f')} | {fmt(s.get('pss_mb'), '.0f')} | "
                      f"{fmt(s.get('rss_after_load_mb'), '.0f')} | {load} |")
@@ -230,6 +251,8 @@ def swap_lines(results: dict) -> list[str]:
              f"`POST /v2/repository/models/{swap['model']}/load` sent at {call['sent_s']:.1f} s answered "
              f"{call.get('status')} after {fmt(call.get('seconds'))} s"
              + (f" ({call['error']})" if call.get("error") else "")
+             + (" (after the run had ended)" if call.get("finished_s", 0) > swap["during"]["seconds"] else "")
+             + (f": `{call['body']}`" if call.get("status") not in (None, 200) else "")
              + f"; the model's version afterwards: {swap['version_after']}.", "",
              "| run | rps | p50 ms | p99 ms | max ms | non-2xx | socket errors | timeouts |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -338,10 +361,13 @@ def print_point(name: str, r: dict) -> None:
 
 
 def wait_all(url: str, plan: list[tuple[str, dict]], process, started: float, timeout: float) -> float:
-    """Seconds from `started` until every request of the plan has had a 200."""
+    """Seconds from `started` until every request of the plan has had a 200 (`timeout`: from now)."""
+    timeout += time.monotonic() - started
     for path, body in plan:
         measure.wait_first_200(url + path, json.dumps(body), process, started, timeout)
-    return time.monotonic() - started
+    cold = time.monotonic() - started
+    print(f"  cold start: {cold:.1f} s to a 200 from every model", flush=True)
+    return cold
 
 
 def first_refusal(url: str, plan: list[tuple[str, dict]]) -> str | None:
@@ -487,8 +513,9 @@ def measure_mlserver(name: str, home: Path, env: dict, models: list[Model], args
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per c=64 load point (at most 10)")
-    parser.add_argument("--swap-duration", type=int, default=6, help="seconds of each swap run")
-    parser.add_argument("--swap-at", type=float, default=2.0, help="when in the swap run the load route is called")
+    parser.add_argument("--swap-duration", type=int, default=10, help="seconds of each swap run (the load route "
+                        "checks the new version in a subprocess: seconds)")
+    parser.add_argument("--swap-at", type=float, default=1.0, help="when in the swap run the load route is called")
     parser.add_argument("--swap-model", default="forest_01", help="the numeric forest whose version is swapped")
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
     parser.add_argument("--mlserver-venv", type=Path, default=ROOT / "bench" / ".venv-mlserver")

@@ -12,7 +12,8 @@ from bench import many_models as mm
 
 def load(rps: float, p99: float = 50.0, non_2xx: int = 0, socket_errors: int = 0, seconds: float = 10.0) -> dict:
     return {"requests": int(rps * seconds), "seconds": seconds, "rps": rps, "p50_ms": p99 / 2, "p99_ms": p99,
-            "max_ms": p99 * 2, "non_2xx": non_2xx, "timeouts": 0, "socket_errors": socket_errors}
+            "max_ms": p99 * 2, "non_2xx": non_2xx, "timeouts": 0, "socket_errors": socket_errors,
+            "cpu_s": {"API worker": rps * seconds * 0.0009, "runner": rps * seconds * 0.0001, "wrk": 0.5}}
 
 
 def server(rss: float, rps: float, models: int, **extra) -> dict:
@@ -71,6 +72,16 @@ def test_markdown_has_every_server_the_swap_and_the_skip_note():
     assert "- **missed**: 20 models: tree RSS ≤ 1.25 × one model's: 1.30 ×" in text
     assert "- this service, 20 models ÷ 1 model, tree RSS: **1.30**" in text
     assert "- this service ÷ MLServer, 20 models, c=64 rps: **—**" in text
+    assert "| 0 | 0 | 0 | 1.00 (API worker 0.90, runner 0.10) |" in text  # CPU ms per request, wrk's left out
+    assert "server CPU per request at c=64: **1.00**" in text
+    assert "(the swap's run without a swap) ÷ 1 model's /predict, rps: **0.90**" in text
+
+
+def test_a_refused_load_is_shown_with_its_answer():
+    refused = results()
+    refused["servers"][mm.OURS_MANY]["swap"]["load_call"].update(status=503, body='{"error":"busy"}', finished_s=9.0)
+    text = mm.markdown(refused)
+    assert 'answered 503 after 0.40 s (after the run had ended): `{"error":"busy"}`' in text
 
 
 def test_plan_is_one_request_a_line_and_refuses_what_would_break_it():
