@@ -8,6 +8,7 @@ generated (harness/mixed_data.py); nothing is downloaded. Writes bench/results/m
     make bench-models                                   # installs what it needs, then this (~4 min)
     python bench/many_models.py                         # 10 s per load point
     python bench/many_models.py --duration 5 --no-mlserver
+    python bench/many_models.py --report bench/results/many_models.json   # re-render many_models.md
 
 Measured, each server started, measured and stopped in turn (never two at once):
 - memory: RSS summed over the server's process tree after warm-up requests to every model it serves;
@@ -264,7 +265,10 @@ def swap_lines(results: dict) -> list[str]:
 
 
 def model_table(results: dict) -> list[str]:
-    lines = ["| model | kind | data | features | rows | joblib KB |", "|---|---|---|---:|---:|---:|"]
+    sizes = [m["joblib_kb"] for m in results["models"] if m["joblib_kb"] is not None]
+    lines = [f"{len(results['models'])} models, joblib files {sum(sizes) / 1024:.1f} MB in all "
+             "(the same fitted pipelines are in the store):", "",
+             "| model | kind | data | features | rows | joblib KB |", "|---|---|---|---:|---:|---:|"]
     for m in results["models"]:
         lines.append(f"| {m['name']} | {m['kind']} | {m['source']} | {m['features']} | {m['rows']} | "
                      f"{fmt(m['joblib_kb'], '.0f')} |")
@@ -287,7 +291,7 @@ def markdown(results: dict) -> str:
     for label, value, met in targets(results):
         lines.append(f"- {'not measured' if met is None else 'met' if met else '**missed**'}: {label}: {value}")
     lines += ["", "Memory per process after warm-up, RSS (PSS) MB:", "", *process_lines(results), "",
-              "The models:", "", *model_table(results)]
+              *model_table(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -520,7 +524,11 @@ def main() -> int:
     parser.add_argument("--no-mlserver", action="store_true", help="leave MLServer out")
     parser.add_argument("--mlserver-venv", type=Path, default=ROOT / "bench" / ".venv-mlserver")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--report", type=Path, metavar="JSON", help="only re-render the .md beside this results file")
     args = parser.parse_args()
+    if args.report:
+        args.report.with_suffix(".md").write_text(markdown(json.loads(args.report.read_text())))
+        return 0
     if not 1 <= args.duration <= 10 or not 1 <= args.swap_duration <= 10:
         parser.error("load points are 1 to 10 s long")
     if not 0 < args.swap_at < args.swap_duration:
