@@ -175,6 +175,7 @@ def main(argv: list[str]) -> int:
     """python -m sklearn_service.model_check TAG|FOLDER: the facts as one JSON line, or one line why not."""
     import warnings
 
+    os.nice(10)  # a check while serving (the repository's load) yields the CPU to the server's workers
     import bentoml
 
     warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows

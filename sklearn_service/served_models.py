@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sklearn_service import model_check
 from sklearn_service.errors import RequestError
+from sklearn_service.log_limit import limited
 from sklearn_service.user_input import shown
 
 logger = logging.getLogger("sklearn_service")
@@ -135,11 +136,13 @@ class StateFolder:
         return Served(data["models"], data["default"], data.get("reasons", {}))
 
     def write(self, served: Served) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)  # e.g. after a /tmp cleaner removed it
         _write_atomically(self.record, json.dumps(served.to_json()))
 
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """One change of the record at a time, across every process of the server."""
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "served.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -153,6 +156,7 @@ class StateFolder:
         if path.exists():
             return model_check.ModelFacts.from_json(json.loads(path.read_text()))
         facts = model_check.facts_of(stored)
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, json.dumps(facts.to_json()))
         return facts
 
@@ -185,7 +189,12 @@ class RecordWatch:
 
     def current(self) -> tuple[Served, bool]:
         """The record, and whether it changed since the last call."""
-        stat = os.stat(self.folder.record)
+        try:
+            stat = os.stat(self.folder.record)
+        except OSError:  # removed under the server (a /tmp cleaner): serve on as last read
+            limited(logger).warning("record_unreadable", "the served-models record %s is gone; serving on as "
+                                                         "last read", self.folder.record)
+            return self.served, False
         seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if seen == self._seen:
             return self.served, False
@@ -280,7 +289,7 @@ class ServedModels:
         async with self._loading:
             stored = _in_store(name, version)
             tag = str(stored.tag)
-            if self.served().models.get(name) == tag:
+            if self.served().models.get(name) == tag and tag in self._cores:
                 return self._cores[tag]
             try:
                 facts = await asyncio.to_thread(self.folder.facts, stored)
@@ -319,7 +328,11 @@ class ServedModels:
 
     def _change(self, change: t.Callable[[Served], Served]) -> None:
         with self.folder.locked():
-            self.folder.write(change(self.folder.read()))
+            try:
+                current = self.folder.read()
+            except FileNotFoundError:  # removed under the server: the one last read
+                current = self._watch.served
+            self.folder.write(change(current))
         self.served()
 
 

@@ -149,3 +149,17 @@ def test_an_unknown_model_in_the_path_is_not_repeated_in_full(models):
     huge = "m" * 100_000
     missing = models.missing(huge, huge)
     assert missing.status == 404 and len(str(missing)) < 1000 and "served models: sklearn_model" in str(missing)
+
+
+def test_a_record_removed_under_the_server_keeps_the_last_one_read(models):
+    """A /tmp cleaner may remove the folder of a long-running server: it serves on, and a later change
+    writes the record again."""
+    served = models.served()
+    for gone in (models.folder.record, models.folder.path / "served.lock"):
+        gone.unlink()
+    models.folder.path.rmdir() if not any(models.folder.path.iterdir()) else None
+    assert models.served() == served and models.get("sklearn_model") is not None
+    with pytest.raises(RequestError, match="is the default model"):
+        models.unload("sklearn_model")  # refused from the record last read
+    models._change(lambda s: s)
+    assert models.folder.read() == served
