@@ -66,6 +66,11 @@ class ModelRunner:
         self._used: dict[str, float] = {}     # tag -> when last called, for pruning replaced versions
         self._record = served_models.RecordWatch(STATE)
         self.model = self._load(str(BOOT.tag))
+        for tag in set(self._record.current()[0].models.values()) - set(self.models):  # ready means every one
+            try:
+                self._load(tag)
+            except Exception:  # e.g. removed from the store: the others serve, this one is tried on its call
+                logger.exception("cannot load %s", tag)
         gc.freeze()  # see SklearnService.__init__
 
     def _load(self, tag: str):

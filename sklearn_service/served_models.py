@@ -100,6 +100,9 @@ def starting_models(app: dict) -> tuple[list, str]:
     if not stored:
         raise model_check.ModelError("MODELS=all, but the model store holds no model")
     names = [m.tag.name for m in stored]
+    if tags == ["all"] and default is None:  # no order given: MODEL_TAG's model answers /predict, if stored
+        default = os.environ.get("MODEL_TAG", "sklearn_model").partition(":")[0]
+        default = default if default in names else None
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise model_check.ModelError(f"{setting} names {', '.join(twice)} more than once: one version per model "
@@ -150,21 +153,29 @@ class StateFolder:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _facts_path(self, tag: str) -> Path:
+        return self.path / "facts" / f"{tag.replace(':', '-')}.json"
+
     def facts(self, stored) -> model_check.ModelFacts:
         """A stored model's facts: checked once per server (model_check, seconds), then read from here."""
-        path = self.path / "facts" / f"{stored.tag.name}-{stored.tag.version}.json"
-        if path.exists():
-            return model_check.ModelFacts.from_json(json.loads(path.read_text()))
-        facts = model_check.facts_of(stored)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(facts.to_json()))
-        return facts
+        path = self._facts_path(str(stored.tag))
+        if not path.exists():
+            self._check([stored])
+        return model_check.ModelFacts.from_json(json.loads(path.read_text()))
+
+    def _check(self, stored: list) -> None:
+        """Checks these models in one process (scikit-learn's import is most of a check) and keeps their facts."""
+        checked = model_check.facts_of_many(stored)
+        (self.path / "facts").mkdir(parents=True, exist_ok=True)
+        for tag, facts in checked.items():
+            _write_atomically(self._facts_path(tag), json.dumps(facts.to_json()))
 
     def start(self, stored: list, default: str) -> Served:
-        """At start-up: check every configured model (once per server), and write the record unless the
-        server has one already (a restarted worker keeps what was loaded live)."""
-        for model in stored:
-            self.facts(model)
+        """At start-up: check every configured model (once per server, all in one process), and write the
+        record unless the server has one already (a restarted worker keeps what was loaded live)."""
+        unchecked = [m for m in stored if not self._facts_path(str(m.tag)).exists()]
+        if unchecked:
+            self._check(unchecked)
         with self.locked():
             if self.record.exists():
                 return self.read()

@@ -51,6 +51,7 @@ def test_all_means_the_latest_version_of_every_model(trained, monkeypatch):
     stored, default = starting_models({})
     names = [m.tag.name for m in stored]
     assert names == sorted(set(names)) and "sklearn_model" in names
+    assert default == "sklearn_model"  # MODEL_TAG's model answers /predict, not the first name in the store
     latest = {m.tag.name: m for m in bentoml.models.list() if m.tag.name == "sklearn_model"}
     assert str(next(m for m in stored if m.tag.name == "sklearn_model").tag) == str(
         bentoml.models.get("sklearn_model:latest").tag) and latest
@@ -94,8 +95,7 @@ def copy_of_the_default_model(name: str, trained, folder: StateFolder):
     bentoml.sklearn.save_model(name, trained["pipeline"])
     copy = bentoml.models.get(f"{name}:latest")
     facts = folder.path / "facts"
-    (facts / f"{name}-{copy.tag.version}.json").write_text(
-        (facts / f"sklearn_model-{trained['tag'].split(':')[1]}.json").read_text())
+    (facts / f"{name}-{copy.tag.version}.json").write_text((facts / f"{trained['tag'].replace(':', '-')}.json").read_text())
     return copy
 
 
