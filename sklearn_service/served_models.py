@@ -165,10 +165,12 @@ class StateFolder:
 
     def _check(self, stored: list) -> None:
         """Checks these models in one process (scikit-learn's import is most of a check) and keeps their facts."""
-        checked = model_check.facts_of_many(stored)
+        for tag, facts in model_check.facts_of_many(stored).items():
+            self.keep_facts(tag, facts)
+
+    def keep_facts(self, tag: str, facts: model_check.ModelFacts) -> None:
         (self.path / "facts").mkdir(parents=True, exist_ok=True)
-        for tag, facts in checked.items():
-            _write_atomically(self._facts_path(tag), json.dumps(facts.to_json()))
+        _write_atomically(self._facts_path(tag), json.dumps(facts.to_json()))
 
     def start(self, stored: list, default: str) -> Served:
         """At start-up: check every configured model (once per server, all in one process), and write the
@@ -302,14 +304,12 @@ class ServedModels:
             tag = str(stored.tag)
             if self.served().models.get(name) == tag and tag in self._cores:
                 return self._cores[tag]
-            try:
-                facts = await asyncio.to_thread(self.folder.facts, stored)
-            except model_check.ModelError as exc:
-                raise self._failed(name, tag, str(exc), 422) from None
-            problem = await self._warm(tag)  # a runner loads it and predicts its example row
+            # a runner checks it as the start-up check does and keeps its facts here, loads it and
+            # predicts its example row (scikit-learn is imported there already: no new process's seconds)
+            problem = await self._warm(tag)
             if problem:
                 raise self._failed(name, tag, problem, 422)
-            core = self._make(stored, facts)
+            core = self._make(stored, self.folder.facts(stored))
             try:
                 await core.check()  # and through this worker's whole path
             except RequestError as exc:
