@@ -66,7 +66,7 @@ test-served: install-dev system-deps report-env
 test-slow: install-dev system-deps report-env
 	$(BIN)/python -m pytest -m "soak or slow" $(PYTEST_ARGS)
 
-build: train  ## the bento for MODEL_TAG, with the extras (XGBoost, ...) its model needs
+build: train  ## the bento for MODELS (else MODEL_TAG), with the extras (XGBoost, ...) its models need
 	$(BIN)/bentoml build -f "$$($(BIN)/python -m sklearn_service.bento_extras)"
 
 drift-report: install report-env  ## payload log vs training: make drift-report LOG=payload_logs MODEL=name:version

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sklearn_service import config, grpc_lifecycle, model_check, model_routes, open_inference, patches, served_models
+from sklearn_service.coalescer import RunnerHop
 from sklearn_service.errors import RequestError, error_response
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard, configured_api_key
 from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, PredictionCore
@@ -66,6 +67,11 @@ class ModelRunner:
         self._used: dict[str, float] = {}     # tag -> when last called, for pruning replaced versions
         self._record = served_models.RecordWatch(STATE)
         self.model = self._load(str(BOOT.tag))
+        for tag in set(self._record.current()[0].models.values()) - set(self.models):  # ready means every one
+            try:
+                self._load(tag)
+            except Exception:  # e.g. removed from the store: the others serve, this one is tried on its call
+                logger.exception("cannot load %s", tag)
         gc.freeze()  # see SklearnService.__init__
 
     def _load(self, tag: str):
@@ -127,15 +133,24 @@ class ModelRunner:
         return await self._serve(self.model, "explain", rows)
 
     @bentoml.api
-    async def infer(self, tag: str, method: str, rows: np.ndarray) -> JsonArray:
-        """A runner method (predict, predict_all, explain) of any stored version. Not batched here: each
-        API worker gathers a model's rows (coalescer.py), and rows of two models never share a call."""
-        return await self._serve(await self._model(tag), method, rows)
+    async def infer(self, tags: list[str], methods: list[str], blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """Runner methods (predict, predict_all, explain) of any stored versions, one call per model:
+        blocks[i] answered by tags[i]'s methods[i]. The API worker gathers each model's rows and carries
+        several models' calls in one request (coalescer.RunnerHop); the runner does not batch them again."""
+        return [await self._serve(await self._model(tag), method, rows)
+                for tag, method, rows in zip(tags, methods, blocks)]
 
     @bentoml.api
     async def load(self, tag: str) -> str:
-        """Loads a version and tries it on its signature's example row: what went wrong, or ""."""
+        """Checks a version as the start-up check does (model_check.check: here, where scikit-learn is
+        imported already, in a worker thread), keeps its facts for every process, loads it and tries it
+        on its signature's example row: what went wrong, or ""."""
         try:
+            if tag not in self.models:
+                checked = await asyncio.to_thread(model_check.check, bentoml.models.get(tag))
+                if "refused" in checked:
+                    return checked["refused"]
+                STATE.keep_facts(tag, model_check.ModelFacts.from_json(checked))
             model = await self._model(tag)
             if model.signature.example and np.isnan(model.serve("predict", model.signature.example_matrix())).any():
                 return "it could not predict its signature's example row; see the server log"
@@ -167,6 +182,8 @@ class SklearnService:
 
     def __init__(self) -> None:
         self.monitoring = config.service("SklearnService").get("monitoring", {})
+        # the calls of every model but the boot one travel together (the boot one has the batchable APIs)
+        self.hop = RunnerHop(self._call_infer)
         self.models = served_models.ServedModels(STATE, self._core, self._warm)
         # the classic APIs' own input types: /models/{name}/... validate bodies as they do
         self.inputs = {name: SklearnService.apis[name].input_spec for name in model_routes.ROUTES}
@@ -177,15 +194,15 @@ class SklearnService:
 
     def _core(self, stored, facts) -> PredictionCore:
         tag = str(stored.tag)
-        call = self._call_runner if tag == str(BOOT.tag) else functools.partial(self._call_infer, tag)
+        call = self._call_runner if tag == str(BOOT.tag) else functools.partial(self.hop, tag)
         return PredictionCore(stored.info, facts.signature, facts, call, APP, self.monitoring)
 
     # the runner's proxy is looked up per call: it is not set up during __init__
     async def _call_runner(self, method: str, rows: np.ndarray) -> np.ndarray:
         return await getattr(self.runner.to_async, method)(rows)
 
-    async def _call_infer(self, tag: str, method: str, rows: np.ndarray) -> np.ndarray:
-        return await self.runner.to_async.infer(tag=tag, method=method, rows=rows)
+    async def _call_infer(self, tags: list[str], methods: list[str], blocks: list[np.ndarray]) -> list[np.ndarray]:
+        return await self.runner.to_async.infer(tags=tags, methods=methods, blocks=blocks)
 
     async def _warm(self, tag: str) -> str:
         return await self.runner.to_async.load(tag=tag)

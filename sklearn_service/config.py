@@ -18,7 +18,8 @@ import yaml
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configuration.yaml"
 
 # For keys a configuration file leaves out; configuration.yaml documents each one.
-APP_DEFAULTS: dict[str, Any] = {"max_batch_rows": 1000, "compiled_trees": True, "max_queued_rows": 16384,
+APP_DEFAULTS: dict[str, Any] = {"models": None, "default_model": None,
+                                "max_batch_rows": 1000, "compiled_trees": True, "max_queued_rows": 16384,
                                 "runner_stall_seconds": 1.0, "runner_dead_seconds": 30, "max_body_bytes": 8 * 2**20,
                                 "unknown_categories": "accept",
                                 "drift": {"enabled": True, "window_rows": 10000, "window_minutes": 60, "min_rows": 500},

@@ -171,18 +171,13 @@ def explainability(model, signature: Signature, folder: str) -> tuple[str | None
         return None, f"cannot explain this model: {type(exc).__name__}: {exc}"
 
 
-def main(argv: list[str]) -> int:
-    """python -m sklearn_service.model_check TAG|FOLDER: the facts as one JSON line, or one line why not."""
-    import warnings
-
+def check(stored) -> dict:
+    """A stored model's facts as JSON, with its tag; or {"tag", "refused": one line why not}."""
     import bentoml
 
-    warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
-    # by its folder: inside a bento the model lies in the bento's own store, not BENTOML_HOME's
-    stored = bentoml.models.Model.from_path(argv[0]) if os.path.isdir(argv[0]) else bentoml.models.get(argv[0])
+    tag = str(stored.tag)
     if missing := missing_requirements(stored_requirements(stored.info.metadata)):  # before loading fails on it
-        print(f"model {stored.tag} cannot be loaded: {missing}", file=sys.stderr)
-        return REFUSED
+        return {"tag": tag, "refused": f"model {tag} cannot be loaded: {missing}"}
     try:
         model = bentoml.sklearn.load_model(stored)
     except Exception as exc:
@@ -190,16 +185,34 @@ def main(argv: list[str]) -> int:
         if isinstance(exc, ModuleNotFoundError):
             hint = (f"; the model needs the module {exc.name!r}: {install_hint(exc.name or '')} "
                     "(a module of your own: make it importable here, PYTHONPATH or packed into the bento)")
-        print(f"model {stored.tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
-        return REFUSED
+        return {"tag": tag, "refused": f"model {tag} cannot be loaded: {type(exc).__name__}: {exc}{hint}"}
     try:
-        facts = inspect(model, stored.info.metadata, str(stored.tag))
+        facts = inspect(model, stored.info.metadata, tag)
     except ModelError as exc:
-        print(exc, file=sys.stderr)
-        return REFUSED
+        return {"tag": tag, "refused": str(exc)}
     facts.explained_output, facts.not_explainable = explainability(model, facts.signature, stored.path)
-    print(json.dumps({"tag": str(stored.tag), **facts.to_json()}))
-    return 0
+    return {"tag": tag, **facts.to_json()}
+
+
+def main(argv: list[str]) -> int:
+    """python -m sklearn_service.model_check TAG|FOLDER...: per model one JSON line, its facts or why not.
+    One process checks them all: scikit-learn's import (seconds) is most of a check."""
+    import warnings
+
+    os.nice(10)  # a check while serving (the repository's load) yields the CPU to the server's workers
+    import bentoml
+
+    warnings.simplefilter("ignore")  # e.g. feature-name warnings on the probe rows
+    refused = False
+    for arg in argv:
+        # by its folder: inside a bento the model lies in the bento's own store, not BENTOML_HOME's
+        stored = bentoml.models.Model.from_path(arg) if os.path.isdir(arg) else bentoml.models.get(arg)
+        answer = check(stored)
+        if "refused" in answer:  # and on stderr, for a person (or train.py's import check) reading it
+            print(answer["refused"], file=sys.stderr)
+            refused = True
+        print(json.dumps(answer), flush=True)
+    return REFUSED if refused else 0
 
 
 # ---- in the server's processes --------------------------------------------------------------------
@@ -230,26 +243,39 @@ def facts(model_ref) -> tuple[object, ModelFacts]:
 
 def facts_of(stored) -> ModelFacts:
     """facts() of a model in the store."""
-    tag = str(stored.tag)
+    return facts_of_many([stored])[str(stored.tag)]
+
+
+def facts_of_many(stored: list) -> dict[str, ModelFacts]:
+    """facts() of several models in the store, by tag, checked in one process; ModelError for the first
+    one refused."""
     cached = _read(os.environ.get(FACTS_ENV))
-    if cached.get("tag") == tag:
-        return ModelFacts.from_json(cached)
+    if len(stored) == 1 and cached.get("tag") == str(stored[0].tag):
+        return {cached["tag"]: ModelFacts.from_json(cached)}
     try:
-        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", stored.path], cwd=ROOT,
-                              capture_output=True, text=True, timeout=CHECK_SECONDS)
+        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", *(m.path for m in stored)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=CHECK_SECONDS)
     except subprocess.TimeoutExpired:
-        raise ModelError(f"model {tag}: loading and checking it took over {CHECK_SECONDS} s") from None
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise ModelError(lines[-1] if done.returncode == REFUSED else
-                         f"model {tag}: the start-up check failed: {lines[-1]}")
+        raise ModelError(f"model(s) {', '.join(str(m.tag) for m in stored)}: loading and checking took over "
+                         f"{CHECK_SECONDS} s") from None
     for line in done.stderr.splitlines():
         if line.startswith("warning: "):
             print(line, file=sys.stderr)
-    text = done.stdout.strip().splitlines()[-1]
-    if len(text) <= ENV_LIMIT:  # larger (a huge signature): each worker checks for itself
-        os.environ[FACTS_ENV] = text  # inherited by the workers BentoML starts from this process
-    return ModelFacts.from_json(json.loads(text))
+    answers = {a["tag"]: a for a in map(_read, done.stdout.splitlines()) if "tag" in a}
+    found = {}
+    for model in stored:
+        tag = str(model.tag)
+        answer = answers.get(tag)
+        if answer is None:  # the check itself failed (a crash, not a refusal)
+            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            raise ModelError(f"model {tag}: the start-up check failed: {lines[-1]}")
+        if "refused" in answer:
+            raise ModelError(answer["refused"])
+        found[tag] = ModelFacts.from_json(answer)
+        text = json.dumps(answer)
+        if len(stored) == 1 and len(text) <= ENV_LIMIT:  # larger (a huge signature): each worker checks for itself
+            os.environ[FACTS_ENV] = text  # inherited by the workers BentoML starts from this process
+    return found
 
 
 def _read(text: str | None) -> dict:

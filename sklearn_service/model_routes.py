@@ -88,17 +88,17 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"models": _service().models.listing()})
 
 
-async def model_metadata(request: Request) -> JSONResponse:
-    name = request.path_params["name"]
+# the path parameters are arguments so that the OpenAPI document declares them
+async def model_metadata(name: str) -> JSONResponse:
     core = _service().models.get(name)
     if core is None:
         return error_response(_service().models.missing(name))
     return JSONResponse(core.metadata)
 
 
-async def answer(request: Request) -> Response:
+async def answer(request: Request, name: str, route: str) -> Response:
     """POST /models/{name}/{route}: the classic route's answer for that model."""
-    service, name, route = _service(), request.path_params["name"], request.path_params["route"]
+    service = _service()
     if route not in ROUTES:
         return error_response(RequestError("unknown_route", f"no route {route[:60]!r} of a model; routes: "
                                                             f"{', '.join(ROUTES)}, metadata", 404))
@@ -135,8 +135,7 @@ def app(configured: dict[str, Signature]) -> FastAPI:
 
 def _bound(name: str, route: str):
     async def endpoint(request: Request) -> Response:
-        request.scope["path_params"] = {"name": name, "route": route}
-        return await answer(request)
+        return await answer(request, name, route)
     return endpoint
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sklearn_service import model_check
 from sklearn_service.errors import RequestError
+from sklearn_service.log_limit import limited
 from sklearn_service.user_input import shown
 
 logger = logging.getLogger("sklearn_service")
@@ -99,6 +100,9 @@ def starting_models(app: dict) -> tuple[list, str]:
     if not stored:
         raise model_check.ModelError("MODELS=all, but the model store holds no model")
     names = [m.tag.name for m in stored]
+    if tags == ["all"] and default is None:  # no order given: MODEL_TAG's model answers /predict, if stored
+        default = os.environ.get("MODEL_TAG", "sklearn_model").partition(":")[0]
+        default = default if default in names else None
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise model_check.ModelError(f"{setting} names {', '.join(twice)} more than once: one version per model "
@@ -135,11 +139,13 @@ class StateFolder:
         return Served(data["models"], data["default"], data.get("reasons", {}))
 
     def write(self, served: Served) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)  # e.g. after a /tmp cleaner removed it
         _write_atomically(self.record, json.dumps(served.to_json()))
 
     @contextlib.contextmanager
     def locked(self) -> t.Iterator[None]:
         """One change of the record at a time, across every process of the server."""
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "served.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -147,20 +153,31 @@ class StateFolder:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def _facts_path(self, tag: str) -> Path:
+        return self.path / "facts" / f"{tag.replace(':', '-')}.json"
+
     def facts(self, stored) -> model_check.ModelFacts:
         """A stored model's facts: checked once per server (model_check, seconds), then read from here."""
-        path = self.path / "facts" / f"{stored.tag.name}-{stored.tag.version}.json"
-        if path.exists():
-            return model_check.ModelFacts.from_json(json.loads(path.read_text()))
-        facts = model_check.facts_of(stored)
-        _write_atomically(path, json.dumps(facts.to_json()))
-        return facts
+        path = self._facts_path(str(stored.tag))
+        if not path.exists():
+            self._check([stored])
+        return model_check.ModelFacts.from_json(json.loads(path.read_text()))
+
+    def _check(self, stored: list) -> None:
+        """Checks these models in one process (scikit-learn's import is most of a check) and keeps their facts."""
+        for tag, facts in model_check.facts_of_many(stored).items():
+            self.keep_facts(tag, facts)
+
+    def keep_facts(self, tag: str, facts: model_check.ModelFacts) -> None:
+        (self.path / "facts").mkdir(parents=True, exist_ok=True)
+        _write_atomically(self._facts_path(tag), json.dumps(facts.to_json()))
 
     def start(self, stored: list, default: str) -> Served:
-        """At start-up: check every configured model (once per server), and write the record unless the
-        server has one already (a restarted worker keeps what was loaded live)."""
-        for model in stored:
-            self.facts(model)
+        """At start-up: check every configured model (once per server, all in one process), and write the
+        record unless the server has one already (a restarted worker keeps what was loaded live)."""
+        unchecked = [m for m in stored if not self._facts_path(str(m.tag)).exists()]
+        if unchecked:
+            self._check(unchecked)
         with self.locked():
             if self.record.exists():
                 return self.read()
@@ -185,7 +202,12 @@ class RecordWatch:
 
     def current(self) -> tuple[Served, bool]:
         """The record, and whether it changed since the last call."""
-        stat = os.stat(self.folder.record)
+        try:
+            stat = os.stat(self.folder.record)
+        except OSError:  # removed under the server (a /tmp cleaner): serve on as last read
+            limited(logger).warning("record_unreadable", "the served-models record %s is gone; serving on as "
+                                                         "last read", self.folder.record)
+            return self.served, False
         seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if seen == self._seen:
             return self.served, False
@@ -280,16 +302,14 @@ class ServedModels:
         async with self._loading:
             stored = _in_store(name, version)
             tag = str(stored.tag)
-            if self.served().models.get(name) == tag:
+            if self.served().models.get(name) == tag and tag in self._cores:
                 return self._cores[tag]
-            try:
-                facts = await asyncio.to_thread(self.folder.facts, stored)
-            except model_check.ModelError as exc:
-                raise self._failed(name, tag, str(exc), 422) from None
-            problem = await self._warm(tag)  # a runner loads it and predicts its example row
+            # a runner checks it as the start-up check does and keeps its facts here, loads it and
+            # predicts its example row (scikit-learn is imported there already: no new process's seconds)
+            problem = await self._warm(tag)
             if problem:
                 raise self._failed(name, tag, problem, 422)
-            core = self._make(stored, facts)
+            core = self._make(stored, self.folder.facts(stored))
             try:
                 await core.check()  # and through this worker's whole path
             except RequestError as exc:
@@ -319,7 +339,11 @@ class ServedModels:
 
     def _change(self, change: t.Callable[[Served], Served]) -> None:
         with self.folder.locked():
-            self.folder.write(change(self.folder.read()))
+            try:
+                current = self.folder.read()
+            except FileNotFoundError:  # removed under the server: the one last read
+                current = self._watch.served
+            self.folder.write(change(current))
         self.served()
 
 

@@ -5,25 +5,42 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 from harness.serving import BENTOML, ROOT, Server, free_port
 from harness.serving import stop as stop_tree
+from sklearn_service.model_store import save_to_store
 
 BASE_IMAGE = "localhost/python:3.11-local"
 
 
-def build_bento(home, tmp_path, base_image: str | None = None) -> str:
-    bentofile = ROOT / "bentofile.yaml"
+SECOND = "bento_second"  # a second model packed beside the default one
+
+
+@pytest.fixture(scope="module")
+def models(trained) -> str:
+    """MODELS for the bento: the default model and a second one (the same pipeline under another name)."""
+    second = save_to_store(trained["pipeline"], trained["metadata"], SECOND)
+    return f"{trained['tag']},{second.tag}"
+
+
+def build_bento(home, tmp_path, models: str, base_image: str | None = None) -> str:
+    """The bento `make build` makes for these MODELS: it packs them and serves them wherever it runs."""
+    env = {**os.environ, "BENTOML_HOME": str(home), "MODELS": models}
+    made = subprocess.run([sys.executable, "-m", "sklearn_service.bento_extras"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    bentofile = Path(made.stdout.strip())
     if base_image:  # test-only build config: a base image made locally, since no registry can be pulled
-        bentofile = tmp_path / "bentofile.yaml"
-        bentofile.write_text((ROOT / "bentofile.yaml").read_text().replace(
-            "\ndocker:\n", f"\ndocker:\n  base_image: {base_image}\n"))
+        bentofile, source = tmp_path / "bentofile.yaml", bentofile
+        bentofile.write_text(source.read_text().replace("\ndocker:\n", f"\ndocker:\n  base_image: {base_image}\n"))
     result = subprocess.run([BENTOML, "build", "-f", str(bentofile), "--output", "tag"], cwd=ROOT,
-                            env={**os.environ, "BENTOML_HOME": str(home)}, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
@@ -35,17 +52,23 @@ def assert_serves_seed_contract_and_batch(url: str, trained, cancer) -> None:
     batch = requests.post(url + "/predict_batch", json={"instances": cancer["X"][:50].tolist()}, timeout=10)
     assert batch.json()["predictions"] == trained["pipeline"].predict(cancer["X"][:50]).astype(float).tolist()
     assert requests.get(url + "/metadata", timeout=10).json()["tag"] == trained["tag"]
+    # every configured model: the second one too, on its own routes
+    assert [m["name"] for m in requests.get(url + "/models", timeout=10).json()["models"]] == ["sklearn_model", SECOND]
+    second = requests.post(f"{url}/models/{SECOND}/predict_batch", json={"instances": cancer["X"][:50].tolist()},
+                           timeout=10)
+    assert second.json()["predictions"] == trained["pipeline"].predict(cancer["X"][:50]).astype(float).tolist()
 
 
-def test_bento_from_the_store_serves_the_packed_model(tmp_path, bentoml_home, trained, cancer):
-    tag = build_bento(bentoml_home, tmp_path)
+def test_bento_from_the_store_serves_the_packed_models(tmp_path, bentoml_home, trained, models, cancer):
+    tag = build_bento(bentoml_home, tmp_path, models)
     assert tag.startswith("sklearn-service:")
     info = subprocess.run([BENTOML, "get", tag, "-o", "json"], capture_output=True, text=True, check=True,
                           env={**os.environ, "BENTOML_HOME": str(bentoml_home)}).stdout
-    assert trained["tag"] in info and '"SERVICE_CONFIG"' in info
+    assert all(model in info for model in models.split(",")) and '"SERVICE_CONFIG"' in info
     elsewhere = tmp_path / "elsewhere"  # not the source folder: everything must come from the bento
     elsewhere.mkdir()
-    with Server(bentoml_home, target=tag, cwd=elsewhere) as server:
+    # the image sets MODELS from the bento's envs (test_containerized_image_...); `bentoml serve` of a bento does not
+    with Server(bentoml_home, target=tag, cwd=elsewhere, env={"MODELS": models}) as server:
         assert_serves_seed_contract_and_batch(server.url, trained, cancer)
 
 
@@ -55,9 +78,9 @@ IMAGE_TOOLS = ("buildah", "podman", "debootstrap")
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in IMAGE_TOOLS),
                     reason="needs root and buildah, podman, debootstrap (make system-deps)")
-def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained, cancer):
+def test_containerized_image_serves_as_non_root(tmp_path, bentoml_home, trained, models, cancer):
     subprocess.run(["bash", str(ROOT / "scripts" / "make-base-image.sh")], check=True, timeout=600)
-    tag = build_bento(bentoml_home, tmp_path, base_image=BASE_IMAGE)
+    tag = build_bento(bentoml_home, tmp_path, models, base_image=BASE_IMAGE)
     image = f"localhost/sklearn-service-test:{tag.split(':')[1]}"
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BUILDAH_ISOLATION": "chroot"}
     built = subprocess.run([BENTOML, "containerize", tag, "--backend", "buildah", "-t", image],

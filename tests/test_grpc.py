@@ -113,7 +113,9 @@ def test_tritonclient_picks_outputs_and_versions(served, model, cancer):
     assert list(answer["outputs"]) == ["predict"]
     assert answer["outputs"]["predict"]["data"] == predict_batch(served, X.tolist())
     wrong = run_client(served, "triton", model=model["name"], version="v0", inputs=[tensor(X)])
-    assert wrong["error"] == {"code": "NOT_FOUND", "message": f"no model '{model['name']}' version 'v0' here"}
+    assert wrong["error"] == {"code": "NOT_FOUND", "message": f"no model '{model['name']}' version 'v0' is served "
+                                                              f"({model['name']} is served as {model['name']}:"
+                                                              f"{model['version']}); served models: {model['name']}"}
 
 
 @pytest.mark.parametrize("typed", [False, True])
@@ -275,7 +277,7 @@ def test_unknown_models_in_metadata_and_ready_are_not_found(stub, model):
                           (stub.ModelReady, pb.ModelReadyRequest(name=model["name"], version="v0"))):
         with pytest.raises(grpc.RpcError) as refused:
             call(message)
-        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "here" in refused.value.details()
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "is served" in refused.value.details()
 
 
 def test_grpc_requests_count_in_the_service_metrics(stub, served, model, cancer):

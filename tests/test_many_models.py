@@ -19,7 +19,7 @@ from harness.mixed_data import json_rows, write_penguins_csv
 from harness.prometheus_text import scrape, total
 from harness.serving import Server, write_config
 from sklearn_service.csv_data import Dataset, load_csv_dataset
-from sklearn_service.model_store import save_result
+from sklearn_service.model_store import save_result, save_to_store
 from sklearn_service.training import train
 
 PENGUINS, DIABETES = "zoo_penguins", "zoo_diabetes"
@@ -178,6 +178,12 @@ def test_repository_index_load_and_unload(zoo):
     assert refused.status_code == 409 and "default model" in refused.json()["error"]
     assert post(zoo, f"/v2/repository/models/{DIABETES}/load").json()["state"] == "READY"
     assert post(zoo, f"/models/{DIABETES}/predict", {"features": [0.0] * 10}).status_code == 200
+    # a model first stored after start-up: one call, no restart
+    pipeline, X = zoo.expected["sklearn_model"]
+    save_to_store(pipeline, bentoml.models.get("sklearn_model:latest").info.metadata, "zoo_newcomer")
+    assert post(zoo, "/v2/repository/models/zoo_newcomer/load").status_code == 200
+    answered = post(zoo, "/models/zoo_newcomer/predict_batch", {"instances": rows_of(X)})
+    assert answered.json()["predictions"] == labels(pipeline.predict(X.to_numpy()))
 
 
 @pytest.mark.parametrize("path, body, status, words", [

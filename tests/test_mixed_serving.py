@@ -84,6 +84,7 @@ def test_payload_log_holds_rows_as_clients_sent_them(penguins_server):
     assert logged, lines[-3:]
     assert logged[-1]["bill_length_mm"] is None and logged[-1]["flipper_length_mm"] == 201.0
     assert logged[-1]["sex"] == "female" and logged[-1]["prediction"] == label
+    assert logged[-1]["model_tag"] == f"{penguins_server.name}:{penguins_server.version}"  # several models share a log
 
 
 @HOSTILE

@@ -642,7 +642,13 @@ def test_label_values_are_the_routes_and_other(server, trained):
               "/readyz", "/metrics", "/", "/docs.json", "/schema.json", "/static_content/{path}", "/v2",
               "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/versions/{version}",
               "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready",
-              "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "other"}
+              "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer", "other",
+              # the runner's routes for any model, the repository, and the per-model classic routes (each model
+              # configured at start-up has its own paths: their number is the configuration's, not the clients')
+              "/infer", "/load", "/v2/repository/index", "/v2/repository/models/{name}/load",
+              "/v2/repository/models/{name}/unload", "/models", "/models/{name}/metadata", "/models/{name}/{route}",
+              *(f"/models/{name}/{route}" for route in ("predict", "predict_batch", "predict_proba", "explain",
+                                                        "explain_batch"))}
     seen = endpoint_labels(server.url)
     assert {"other", "/v2/models/{name}/infer", "/v2/health/live", "/static_content/{path}", "/metadata"} <= seen
     assert seen <= routes, seen - routes

@@ -51,6 +51,7 @@ def test_all_means_the_latest_version_of_every_model(trained, monkeypatch):
     stored, default = starting_models({})
     names = [m.tag.name for m in stored]
     assert names == sorted(set(names)) and "sklearn_model" in names
+    assert default == "sklearn_model"  # MODEL_TAG's model answers /predict, not the first name in the store
     latest = {m.tag.name: m for m in bentoml.models.list() if m.tag.name == "sklearn_model"}
     assert str(next(m for m in stored if m.tag.name == "sklearn_model").tag) == str(
         bentoml.models.get("sklearn_model:latest").tag) and latest
@@ -94,8 +95,7 @@ def copy_of_the_default_model(name: str, trained, folder: StateFolder):
     bentoml.sklearn.save_model(name, trained["pipeline"])
     copy = bentoml.models.get(f"{name}:latest")
     facts = folder.path / "facts"
-    (facts / f"{name}-{copy.tag.version}.json").write_text(
-        (facts / f"sklearn_model-{trained['tag'].split(':')[1]}.json").read_text())
+    (facts / f"{name}-{copy.tag.version}.json").write_text((facts / f"{trained['tag'].replace(':', '-')}.json").read_text())
     return copy
 
 
@@ -149,3 +149,17 @@ def test_an_unknown_model_in_the_path_is_not_repeated_in_full(models):
     huge = "m" * 100_000
     missing = models.missing(huge, huge)
     assert missing.status == 404 and len(str(missing)) < 1000 and "served models: sklearn_model" in str(missing)
+
+
+def test_a_record_removed_under_the_server_keeps_the_last_one_read(models):
+    """A /tmp cleaner may remove the folder of a long-running server: it serves on, and a later change
+    writes the record again."""
+    served = models.served()
+    for gone in (models.folder.record, models.folder.path / "served.lock"):
+        gone.unlink()
+    models.folder.path.rmdir() if not any(models.folder.path.iterdir()) else None
+    assert models.served() == served and models.get("sklearn_model") is not None
+    with pytest.raises(RequestError, match="is the default model"):
+        models.unload("sklearn_model")  # refused from the record last read
+    models._change(lambda s: s)
+    assert models.folder.read() == served
