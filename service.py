@@ -83,7 +83,8 @@ class ModelRunner:
         facts = STATE.facts(stored)
         pipeline = bentoml.sklearn.load_model(stored)
         # the model check found whether it can be built (model_check.explainability); the API refuses otherwise
-        explainer = for_stored_model(pipeline, facts.signature, stored.path) if facts.explained_output else None
+        explainer = functools.partial(for_stored_model, pipeline, facts.signature, stored.path) \
+            if facts.explained_output else None
         self.models[tag] = ServingModel(pipeline, facts.signature, compiled=APP["compiled_trees"],
                                         outputs=facts.outputs, explainer=explainer)
         return self.models[tag]
