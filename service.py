@@ -1,8 +1,9 @@
-"""A runner-backed BentoML service for a scikit-learn model.
+"""A runner-backed BentoML service for scikit-learn models.
 
 SklearnService (the entry point) validates and shapes requests, then calls
-ModelRunner, which holds the model and batches calls adaptively. Settings come
-from configuration.yaml; the model from the BentoML store (MODEL_TAG).
+ModelRunner, which holds the models and batches calls adaptively. Settings come
+from configuration.yaml; the models from the BentoML store (MODELS, else MODEL_TAG:
+served_models.py), one of them the default that answers the classic routes.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class ModelRunner:
         facts = STATE.facts(stored)
         pipeline = bentoml.sklearn.load_model(stored)
         # the model check found whether it can be built (model_check.explainability); the API refuses otherwise
-        explainer = for_stored_model(pipeline, facts.signature, stored.path) if facts.explained_output else None
+        explainer = functools.partial(for_stored_model, pipeline, facts.signature, stored.path) \
+            if facts.explained_output else None
         self.models[tag] = ServingModel(pipeline, facts.signature, compiled=APP["compiled_trees"],
                                         outputs=facts.outputs, explainer=explainer)
         return self.models[tag]

@@ -82,7 +82,8 @@ class ServingModel:
                  explainer=None):
         """`outputs`: the model's outputs beside predict that predict_all answers, in order (see
         model_check); by default predict_proba for a model that has it. `explainer`: the model's
-        explain.Explainer, None when it has none."""
+        explain.Explainer, or a function that makes it on the first explanation (its arrays then cost
+        memory only for models asked to explain); None when it has none."""
         self.pipeline = pipeline
         self.explainer = explainer
         self.signature = signature
@@ -231,13 +232,16 @@ class ServingModel:
         (-1: a regressor's value) and one contribution per feature (explain.Explanation). A row the
         model or the explainer raises on is all NaN."""
         features, asked = rows[:, :-1], rows[:, -1]
+        if callable(self.explainer):  # made on first use (a thread racing here makes a spare one)
+            self.explainer = self.explainer()
+        explainer = self.explainer
         answer = self.serve("predict_all", features)
         explained = np.full((len(rows), 3 + features.shape[1]), np.nan)
 
         def explain(part: np.ndarray) -> np.ndarray:
             classes = None if self.classes is None else \
                 np.where(np.isnan(asked[part]), answer[part, 0], asked[part]).astype(np.intp)
-            e = self.explainer.explain(features[part], classes)
+            e = explainer.explain(features[part], classes)
             return np.column_stack([e.outputs, e.base_values, np.full(len(part), -1) if classes is None else classes,
                                     e.contributions])
 

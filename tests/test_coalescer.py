@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from sklearn_service.coalescer import Coalescer
+from sklearn_service.coalescer import Coalescer, RunnerHop
 from sklearn_service.errors import RunnerStalled
 
 
@@ -132,3 +132,41 @@ def test_a_stalled_runner_fails_waiting_requests_at_once_and_recovers():
     outcomes, stalled_since, recovered, after = asyncio.run(scenario())
     assert all(isinstance(o, RunnerStalled) for o in outcomes)
     assert stalled_since is not None and recovered.tolist() == [7.0] and after is None
+
+
+class FakeModels:
+    """A runner's infer: each model (tag) multiplies by its own factor; records each request's calls."""
+
+    def __init__(self, fail: bool = False):
+        self.requests: list[list[str]] = []
+        self.fail = fail
+
+    async def __call__(self, tags: list, methods: list, blocks: list) -> list:
+        self.requests.append(list(tags))
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise RuntimeError("runner failed")
+        return [block[:, 0] * {"a:1": 2, "b:1": 3, "c:1": 5}[tag] for tag, block in zip(tags, blocks)]
+
+
+def test_a_hop_carries_several_models_calls_each_answered_by_its_own_model():
+    async def scenario():
+        runner = FakeModels()
+        hop = RunnerHop(runner)
+        first = hop("a:1", "predict", rows(1))  # sent at once
+        rest = [hop(tag, "predict", rows(i, i + 1)) for i, tag in enumerate(["b:1", "c:1", "a:1", "b:1"])]
+        return runner.requests, await asyncio.gather(first, *rest)
+
+    requests, answers = asyncio.run(scenario())
+    assert requests[0] == ["a:1"] and sorted(t for r in requests for t in r) == ["a:1", "a:1", "b:1", "b:1", "c:1"]
+    assert len(requests) <= 3  # four calls made while one was in flight travelled in at most two hops
+    assert [a.tolist() for a in answers] == [[2.0], [0.0, 3.0], [5.0, 10.0], [4.0, 6.0], [9.0, 12.0]]
+
+
+def test_a_failed_hop_fails_every_call_it_carried():
+    async def scenario():
+        hop = RunnerHop(FakeModels(fail=True))
+        return await asyncio.gather(*(hop(tag, "predict", rows(1)) for tag in ("a:1", "b:1", "c:1")),
+                                    return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(scenario())] == ["runner failed"] * 3
