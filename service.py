@@ -173,7 +173,8 @@ async def metadata(request: Request) -> JSONResponse:
 @bentoml.service(**config.service("SklearnService"))
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata)]), name="metadata")
 @bentoml.asgi_app(open_inference.app, name="open_inference")  # the V2 protocol beside the API
-@bentoml.asgi_app(model_routes.app({m.tag.name: STATE.facts(m).signature for m in STARTING}), name="models")
+@bentoml.asgi_app(model_routes.docs({m.tag.name: STATE.facts(m).signature for m in STARTING}), name="models_docs")
+@bentoml.asgi_app(model_routes.app, name="models")  # mounted before the docs: it serves every request
 class SklearnService:
     """The API: each route parses its form of request, and the model's PredictionCore validates,
     predicts and records (see prediction_core.py). The routes here answer for the default model;

@@ -112,19 +112,22 @@ class RunnerHop:
     answered by that model's own call there (rows of two models never share a model call). Every
     API->runner request costs milliseconds of HTTP handling on each side, far more than a small
     model's answer: with many models, each model's own gathering (a Coalescer per model) leaves
-    a few rows a call, and the hops, not the models, would bound the service. As Coalescer: a call
-    goes at once when none is in flight; calls made meanwhile leave together when it returns."""
+    a few rows a call, and the hops, not the models, would bound the service. As Coalescer: a hop
+    goes at once when none is in flight; calls made meanwhile leave together when it returns, or in
+    a second hop once `group` of them wait."""
 
-    def __init__(self, send: t.Callable[[list, list, list], t.Awaitable[list]], max_in_flight: int = 2):
+    def __init__(self, send: t.Callable[[list, list, list], t.Awaitable[list]], max_in_flight: int = 2,
+                 group: int = 16):
         self._send = send
         self._max_in_flight = max_in_flight
+        self._group = group
         self._in_flight = 0
         self._waiting: list[tuple[str, str, np.ndarray, asyncio.Future]] = []
 
     async def __call__(self, tag: str, method: str, rows: np.ndarray) -> np.ndarray:
         future = asyncio.get_running_loop().create_future()
         self._waiting.append((tag, method, rows, future))
-        if self._in_flight == 0 or (self._in_flight < self._max_in_flight and len(self._waiting) > 1):
+        if self._in_flight == 0 or (self._in_flight < self._max_in_flight and len(self._waiting) >= self._group):
             self._go()
         return await future
 

@@ -41,6 +41,7 @@ class PackedTrees:
         self.roots = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         nodes = np.arange(sizes.sum())
         is_leaf = np.concatenate([tree["left"] == -1 for tree in trees])
+        self.is_leaf = is_leaf
 
         def joined(field, offset_by_root=False):
             return np.concatenate([t[field] + r if offset_by_root else t[field] for t, r in zip(trees, self.roots)])
@@ -69,7 +70,10 @@ class PackedTrees:
             # the byte a categorical node reads: C truncation of the value, as scikit-learn casts it
             slots = np.where((flat >= 0) & (flat < CATEGORY_SLOTS - 1), flat, CATEGORY_SLOTS - 1).astype(np.intp)
         node = np.repeat(self.roots[:, None], len(X), axis=1)
-        for _ in range(self.depth):
+        for step in range(self.depth):
+            # every walk at a leaf: the steps left would stay put (most leaves lie above the deepest one)
+            if step % 2 and self.is_leaf[node].all():
+                break
             at = row_start + self.feature[node]
             x = flat[at]
             go_left = x <= self.threshold[node]
