@@ -149,11 +149,13 @@ class ModelRunner:
         on its signature's example row: what went wrong, or ""."""
         try:
             if tag not in self.models:
-                checked = await asyncio.to_thread(model_check.check, bentoml.models.get(tag))
+                with served_models.gil_shared_finely():
+                    checked = await asyncio.to_thread(model_check.check, bentoml.models.get(tag))
                 if "refused" in checked:
                     return checked["refused"]
                 STATE.keep_facts(tag, model_check.ModelFacts.from_json(checked))
-            model = await self._model(tag)
+            with served_models.gil_shared_finely():
+                model = await self._model(tag)
             if model.signature.example and np.isnan(model.serve("predict", model.signature.example_matrix())).any():
                 return "it could not predict its signature's example row; see the server log"
         except Exception as exc:

@@ -163,3 +163,19 @@ def test_a_record_removed_under_the_server_keeps_the_last_one_read(models):
         models.unload("sklearn_model")  # refused from the record last read
     models._change(lambda s: s)
     assert models.folder.read() == served
+
+
+def test_overlapping_loads_restore_the_usual_gil_switch_interval():
+    import sys
+
+    from sklearn_service.served_models import gil_shared_finely
+
+    usual = sys.getswitchinterval()
+    first, second = gil_shared_finely(), gil_shared_finely()
+    first.__enter__()
+    second.__enter__()
+    assert sys.getswitchinterval() == pytest.approx(usual / 10)
+    first.__exit__(None, None, None)  # the other load still runs: still fine
+    assert sys.getswitchinterval() == pytest.approx(usual / 10)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == usual
