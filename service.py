@@ -26,6 +26,7 @@ from starlette.routing import Route
 from sklearn_service import config, grpc_lifecycle, model_check, model_routes, open_inference, patches, served_models
 from sklearn_service.coalescer import RunnerHop
 from sklearn_service.errors import RequestError, error_response
+from sklearn_service.log_limit import limited
 from sklearn_service.middleware import ApiKeyAuth, HealthProbes, RequestGuard, configured_api_key
 from sklearn_service.prediction_core import EXPLAIN_ROWS_PER_CALL, PredictionCore
 from sklearn_service.schemas import ExplainedPrediction, ExplainedPredictions, JsonArray, Prediction, Predictions
@@ -53,6 +54,7 @@ EXPLAIN_BATCHING = {**RUNNER_BATCHING,
                     "max_batch_size": min(EXPLAIN_ROWS_PER_CALL, RUNNER_BATCHING.get("max_batch_size", 10**9))}
 EXPLAIN_INLINE_ROWS = 2  # explained on the runner's event loop; more go to a worker thread
 REPLACED_IDLE_SECONDS = 60  # a runner keeps a replaced version this long after its last call
+FAILED_CALL = np.empty(0)   # infer's answer for a model's call that raised (coalescer.RunnerHop)
 Top = t.Annotated[StrictInt, Field(ge=1)]  # how many contributions /explain lists (true is not a number)
 
 
@@ -88,17 +90,23 @@ class ModelRunner:
             if facts.explained_output else None
         self.models[tag] = ServingModel(pipeline, facts.signature, compiled=APP["compiled_trees"],
                                         outputs=facts.outputs, explainer=explainer)
+        self._used[tag] = time.monotonic()
         return self.models[tag]
 
     async def _model(self, tag: str):
         """The ServingModel of a version, loaded (off the event loop) on its first call here."""
-        self._used[tag] = time.monotonic()
         model = self.models.get(tag)
         if model is None:
             async with self._loading.setdefault(tag, asyncio.Lock()):
                 model = self.models.get(tag) or await asyncio.to_thread(self._load, tag)
             self._prune()
         return model
+
+    async def _preload(self, tag: str) -> None:
+        try:
+            await self._model(tag)
+        except Exception:  # its first call tries again, and fails alone
+            logger.exception("cannot load %s", tag)
 
     def _prune(self) -> None:
         """Drops versions no longer served (replaced or unloaded) once idle for a while."""
@@ -139,8 +147,21 @@ class ModelRunner:
         """Runner methods (predict, predict_all, explain) of any stored versions, one call per model:
         blocks[i] answered by tags[i]'s methods[i]. The API worker gathers each model's rows and carries
         several models' calls in one request (coalescer.RunnerHop); the runner does not batch them again."""
-        return [await self._serve(await self._model(tag), method, rows)
-                for tag, method, rows in zip(tags, methods, blocks)]
+        now = time.monotonic()
+        self._used.update(dict.fromkeys(tags, now))  # before a load here may prune a version among them
+        served, changed = self._record.current()
+        if changed:  # a version another runner loaded: load it now, not on its first call
+            for tag in set(served.models.values()) - set(self.models):
+                asyncio.ensure_future(self._preload(tag))
+        answers = []
+        for tag, method, rows in zip(tags, methods, blocks):
+            try:
+                answers.append(await self._serve(await self._model(tag), method, rows))
+            except Exception as exc:  # that model's call alone fails (the API answers its requests 500)
+                limited(logger).error(f"infer_failed:{type(exc).__name__}", "serving %s failed: %r", tag, exc,
+                                      exc_info=exc)
+                answers.append(FAILED_CALL)
+        return answers
 
     @bentoml.api
     async def load(self, tag: str) -> str:

@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENTOFILE, MODEL_BENTOFILE, MODEL_REQUIREMENTS = "bentofile.yaml", "bentofile.model.yaml", "requirements-bento.txt"
 
 
-def bentofile_for(*tags: str) -> Path:
-    """The bentofile for these models (the first one the default)."""
+def bentofile_for(*tags: str, listed: bool = False) -> Path:
+    """The bentofile for these models (the first one the default); `listed`: they came from MODELS or
+    app.models, which the bento then sets (else its MODEL_TAG default would name another model)."""
     import bentoml
 
     stored = [bentoml.models.get(tag) for tag in tags]
@@ -35,7 +36,7 @@ def bentofile_for(*tags: str) -> Path:
     unknown = [requires[module] for module in requires if module not in EXTRAS]
     if unknown:
         raise SystemExit(f"error: the model needs {', '.join(unknown)}, which has no requirements-*.txt here")
-    if not requires and len(stored) == 1:
+    if not requires and len(stored) == 1 and not listed:
         return ROOT / BENTOFILE
     config = yaml.safe_load((ROOT / BENTOFILE).read_text())
     if requires:
@@ -44,7 +45,7 @@ def bentofile_for(*tags: str) -> Path:
         (ROOT / MODEL_REQUIREMENTS).write_text("".join((ROOT / name).read_text() for name in
                                                        [requirements, *sorted(EXTRAS[m] for m in requires)]))
         config["python"]["requirements_txt"] = MODEL_REQUIREMENTS
-    if len(stored) > 1:  # the bento packs them all (service.py declares them): it serves them all too
+    if len(stored) > 1 or listed:  # the bento packs them all (service.py declares them): it serves them all too
         config["envs"] = [*config.get("envs", []), {"name": "MODELS", "value": ",".join(str(m.tag) for m in stored)}]
     (ROOT / MODEL_BENTOFILE).write_text(yaml.safe_dump(config, sort_keys=False))
     return ROOT / MODEL_BENTOFILE
@@ -58,5 +59,5 @@ if __name__ == "__main__":
     except model_check.ModelError as exc:
         raise SystemExit(f"error: {exc}") from None
     models.sort(key=lambda m: m.tag.name != default)
-    print(bentofile_for(*(str(m.tag) for m in models)))
+    print(bentofile_for(*(str(m.tag) for m in models), listed=served_models.configured(config.app())[2] != "MODEL_TAG"))
     sys.exit(0)

@@ -146,8 +146,12 @@ class RunnerHop:
                 if not future.done():
                     future.set_exception(exc)
         else:
-            for (*_, future), answer in zip(group, answers):
-                if not future.done():
+            for (tag, _, rows, future), answer in zip(group, answers):
+                if future.done():
+                    continue
+                if len(answer) == 0 and len(rows):  # that model's call raised in the runner (its log says why)
+                    future.set_exception(RuntimeError(f"the runner could not serve {tag}"))
+                else:
                     future.set_result(answer)
         finally:
             self._in_flight -= 1

@@ -171,8 +171,12 @@ class DriftMonitor:
             self.rows -= len(dropped)
 
     def stop(self) -> None:
-        """No more updates: the model's version was replaced or unloaded."""
+        """No more updates, and the gauges read 0: the model's version was replaced (its successor's
+        gauges take over on their next update) or unloaded (no drift alert for a model not served)."""
         self._stopped.set()
+        for gauge in self._gauges:
+            gauge.set(0)
+        self._window_rows.set(0)
 
     def _run(self) -> None:
         while not self._stopped.wait(TICK_SECONDS):

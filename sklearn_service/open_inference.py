@@ -111,7 +111,7 @@ async def _body(request: Request) -> dict:
     raw = await request.body()
     try:
         body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise RequestError("invalid_json", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise RequestError("invalid_request", "the body must be a JSON object")
@@ -149,7 +149,7 @@ async def repository_unload(request: Request) -> JSONResponse:
     name = request.path_params["name"]
     try:
         await _body(request)
-        bentoml.get_current_service().models.unload(name)
+        await bentoml.get_current_service().models.unload(name)
     except RequestError as exc:
         return protocol_error(exc)
     return JSONResponse({"name": name, "state": "UNAVAILABLE"})

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sklearn_service import model_check
-from sklearn_service.errors import RequestError
+from sklearn_service.errors import RequestError, runner_failure
 from sklearn_service.log_limit import limited
 from sklearn_service.user_input import shown
 
@@ -177,7 +177,7 @@ class StateFolder:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _facts_path(self, tag: str) -> Path:
-        return self.path / "facts" / f"{tag.replace(':', '-')}.json"
+        return self.path / "facts" / f"{tag.replace(':', '+')}.json"  # '+' is in no tag: one file per tag
 
     def facts(self, stored) -> model_check.ModelFacts:
         """A stored model's facts: checked once per server (model_check, seconds), then read from here."""
@@ -324,16 +324,22 @@ class ServedModels:
         served and raises RequestError with the reason."""
         async with self._loading:
             stored = _in_store(name, version)
-            tag = str(stored.tag)
+            tag, name = str(stored.tag), stored.tag.name  # BentoML's names are lowercase: Churn is churn
             if self.served().models.get(name) == tag and tag in self._cores:
                 return self._cores[tag]
             # a runner checks it as the start-up check does and keeps its facts here, loads it and
             # predicts its example row (scikit-learn is imported there already: no new process's seconds)
-            problem = await self._warm(tag)
+            try:
+                problem = await self._warm(tag)
+            except Exception as exc:  # the runner is down, restarting or timed out: nothing changed
+                raise runner_failure(exc, logger) from None
             if problem:
                 raise self._failed(name, tag, problem, 422)
-            with gil_shared_finely():  # its validation, metrics and drift set up off the event loop
-                core = await asyncio.to_thread(self._make, stored, self.folder.facts(stored))
+            try:
+                with gil_shared_finely():  # its validation, metrics and drift set up off the event loop
+                    core = await asyncio.to_thread(self._make, stored, self.folder.facts(stored))
+            except Exception as exc:
+                raise self._failed(name, tag, f"{type(exc).__name__}: {exc}", 500) from None
             try:
                 await core.check()  # and through this worker's whole path
             except RequestError as exc:
@@ -344,7 +350,11 @@ class ServedModels:
             self._change(lambda s: Served({**s.models, name: tag}, s.default, _without(s.reasons, name)))
             return core
 
-    def unload(self, name: str) -> None:
+    async def unload(self, name: str) -> None:
+        async with self._loading:  # not in the middle of a load, which would bring it back
+            self._unload(name)
+
+    def _unload(self, name: str) -> None:
         served = self.served()
         if name not in served.models:
             raise self.missing(name)

@@ -170,3 +170,17 @@ def test_a_failed_hop_fails_every_call_it_carried():
                                     return_exceptions=True)
 
     assert [str(e) for e in asyncio.run(scenario())] == ["runner failed"] * 3
+
+
+def test_a_models_call_that_fails_in_the_runner_fails_alone():
+    """The runner answers an empty array for a model's call that raised (service.ModelRunner.infer)."""
+    async def runner(tags, methods, blocks):
+        return [np.empty(0) if tag == "b:1" else block[:, 0] for tag, block in zip(tags, blocks)]
+
+    async def scenario():
+        hop = RunnerHop(runner)
+        return await asyncio.gather(*(hop(tag, "predict", rows(1, 2)) for tag in ("a:1", "b:1", "c:1")),
+                                    return_exceptions=True)
+
+    a, b, c = asyncio.run(scenario())
+    assert a.tolist() == c.tolist() == [1.0, 2.0] and str(b) == "the runner could not serve b:1"

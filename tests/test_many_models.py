@@ -287,6 +287,24 @@ def test_two_api_workers_and_two_runners_agree_on_what_is_served(bentoml_home, t
         answers = run_load(srv.url, [(f"/models/{DIABETES}/predict", {"features": bunch.data[0].tolist()})] * 40,
                            clients=8, new_connections=True)
         assert {r.status for r in answers} == {200} and {r.body["prediction"] for r in answers} == set(expected)
+        # a version neither runner holds: the one that did not load it takes it when it sees the record change
+        frame = load_diabetes(as_frame=True)
+        newer = train(Dataset(frame.data, frame.target, "sklearn.datasets.load_diabetes"), task="regression", seed=7)
+        stored = save_result(newer, DIABETES)
+        assert post(srv, f"/v2/repository/models/{DIABETES}/load").json()["version"] == stored.tag.version
+        answers = run_load(srv.url, [(f"/models/{DIABETES}/predict", {"features": bunch.data[0].tolist()})] * 40,
+                           clients=8, new_connections=True)
+        assert {r.status for r in answers} == {200}
+        assert {r.body["prediction"] for r in answers} == set(newer.pipeline.predict(bunch.data[:1]).tolist())
         batch = run_load(srv.url, [("/predict_batch", {"instances": X})] * 20, clients=8, new_connections=True)
         assert all(r.body["predictions"] == trained["pipeline"].predict(cancer["X"][:20]).astype(float).tolist()
                    for r in batch)
+
+
+def test_the_repository_always_needs_the_api_key(keyed_server):
+    for path in ("/v2/repository/index", "/v2/repository/models/sklearn_model/load",
+                 "/v2/repository/models/sklearn_model/unload"):
+        assert post(keyed_server, path).status_code == 401, path
+    keyed = {"Authorization": f"Bearer {keyed_server.api_key}"}
+    assert post(keyed_server, "/v2/repository/index", headers=keyed).status_code == 200
+    assert post(keyed_server, "/v2/repository/models/sklearn_model/load", headers=keyed).json()["state"] == "READY"

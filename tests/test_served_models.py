@@ -95,7 +95,7 @@ def copy_of_the_default_model(name: str, trained, folder: StateFolder):
     bentoml.sklearn.save_model(name, trained["pipeline"])
     copy = bentoml.models.get(f"{name}:latest")
     facts = folder.path / "facts"
-    (facts / f"{name}-{copy.tag.version}.json").write_text((facts / f"{trained['tag'].replace(':', '-')}.json").read_text())
+    (facts / f"{name}+{copy.tag.version}.json").write_text((facts / f"{trained['tag'].replace(':', '+')}.json").read_text())
     return copy
 
 
@@ -107,6 +107,14 @@ def test_load_refusals_change_nothing_served_and_say_why(models, trained):
         asyncio.run(models.load("third_model"))
     assert refused.value.status == 422 and models.served().models == served
     assert "load of third_model:" in models.served().reasons["third_model"]
+    # a failed new version of a served model: the version served before stays
+    newer = copy_of_the_default_model("sklearn_model", trained, models.folder)
+    try:  # sklearn_model:latest is the session's default model: the copy goes whatever happens
+        with pytest.raises(RequestError, match=f"{newer.tag} not loaded, nothing served changed"):
+            asyncio.run(models.load("sklearn_model"))
+        assert models.get("sklearn_model").version == trained["tag"].split(":")[1]
+    finally:
+        bentoml.models.delete(newer.tag)
     with pytest.raises(RequestError, match="has no version 'nosuch'") as missing:
         asyncio.run(models.load("sklearn_model", "nosuch"))
     assert missing.value.status == 404 and models.served().models == served
@@ -114,7 +122,7 @@ def test_load_refusals_change_nothing_served_and_say_why(models, trained):
 
 def test_unload_of_the_default_model_is_refused_and_an_unloaded_model_says_why(models, trained):
     with pytest.raises(RequestError, match="is the default model") as refused:
-        models.unload("sklearn_model")
+        asyncio.run(models.unload("sklearn_model"))
     assert refused.value.status == 409
     assert "not loaded); served models: sklearn_model" in str(models.missing("churn"))
 
@@ -125,7 +133,7 @@ def test_another_workers_change_is_seen_on_the_next_lookup(models, trained):
     second = copy_of_the_default_model("second_model", trained, models.folder)
     assert asyncio.run(models.load("second_model")).version == second.tag.version
     assert other.get("second_model").version == second.tag.version
-    models.unload("second_model")
+    asyncio.run(models.unload("second_model"))
     assert other.get("second_model") is None and "(unloaded)" in str(other.missing("second_model"))
     index = {(e["name"], e["version"]): e for e in other.index()}
     assert index[("second_model", second.tag.version)]["state"] == "UNAVAILABLE"
@@ -160,7 +168,7 @@ def test_a_record_removed_under_the_server_keeps_the_last_one_read(models):
     models.folder.path.rmdir() if not any(models.folder.path.iterdir()) else None
     assert models.served() == served and models.get("sklearn_model") is not None
     with pytest.raises(RequestError, match="is the default model"):
-        models.unload("sklearn_model")  # refused from the record last read
+        asyncio.run(models.unload("sklearn_model"))  # refused from the record last read
     models._change(lambda s: s)
     assert models.folder.read() == served
 
