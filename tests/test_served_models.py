@@ -187,3 +187,9 @@ def test_overlapping_loads_restore_the_usual_gil_switch_interval():
     assert sys.getswitchinterval() == pytest.approx(usual / 10)
     second.__exit__(None, None, None)
     assert sys.getswitchinterval() == usual
+
+
+def test_a_name_is_taken_as_the_store_spells_it(models, trained):
+    """BentoML's names are lowercase: Sklearn_Model is sklearn_model, not a second model beside it."""
+    assert asyncio.run(models.load("Sklearn_Model")).name == "sklearn_model"
+    assert list(models.served().models) == ["sklearn_model"]
