@@ -40,6 +40,7 @@ RunnerCall = t.Callable[[str, np.ndarray], t.Awaitable[np.ndarray]]
 # Rows per runner call to explain: ~0.5 ms each for a forest of 100 trees, so a call stays far
 # below app.runner_stall_seconds and the runner's max_latency_ms; a larger request takes several.
 EXPLAIN_ROWS_PER_CALL = 64
+REFUSED_RETRY_SECONDS = 0.05  # after a runner's refusal (429/503), one more try this much later
 EXPLANATION = "explanation"  # the output that asks for one: contributions, (rows, features)
 
 
@@ -114,6 +115,14 @@ class PredictionCore:
     def _runner(self, method: str, call_runner: RunnerCall):
         async def call(rows: np.ndarray) -> np.ndarray:
             self.metrics.rows_per_call.observe(len(rows))
+            try:
+                return await call_runner(method, rows)
+            except Exception as exc:
+                # BentoML's batcher refuses a batch it expects to finish late (max_latency_ms): a moment's
+                # slowness (e.g. a live load in the runner), worth one more try before the clients see 503
+                if getattr(exc, "error_code", None) not in (429, 503):
+                    raise
+            await asyncio.sleep(REFUSED_RETRY_SECONDS)
             return await call_runner(method, rows)
         return call
 
