@@ -49,22 +49,29 @@ train: install  ## trains the default model unless the store already has one
 serve: train  ## http://localhost:$(PORT)
 	$(BIN)/bentoml serve service:SklearnService --port $(PORT)
 
-# every tier, in order: in-process, served, soak, slow (tests/conftest.py); one tier alone below
+# The suite in worker processes (pytest-xdist; tests/conftest.py keeps a module's server on one worker):
+# in-process tests first, then the served ones; then the soak and the image build, beside each other but
+# after the rest, so that their load meets no other test's timing. Exit 5 (nothing selected, e.g. by a
+# PYTEST_ARGS -m or -k) is no failure for one run of the two.
+TEST_WORKERS ?= 3
+XDIST := --dist loadgroup --no-loadscope-reorder
+PYTEST := $(BIN)/python -m pytest $(XDIST)
 test: lint system-deps report-env
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) -m "not soak and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PYTEST) -n 2 -m "soak or slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: install-dev  ## ruff and mypy, with the settings in pyproject.toml
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test-fast: install-dev system-deps report-env
-	$(BIN)/python -m pytest -m "not served and not soak and not slow" $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) -m "not served and not soak and not slow" $(PYTEST_ARGS)
 
 test-served: install-dev system-deps report-env
-	$(BIN)/python -m pytest -m "served and not soak and not slow" $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) -m "served and not soak and not slow" $(PYTEST_ARGS)
 
 test-slow: install-dev system-deps report-env
-	$(BIN)/python -m pytest -m "soak or slow" $(PYTEST_ARGS)
+	$(PYTEST) -n 2 -m "soak or slow" $(PYTEST_ARGS)
 
 build: train  ## the bento for MODELS (else MODEL_TAG), with the extras (XGBoost, ...) its models need
 	$(BIN)/bentoml build -f "$$($(BIN)/python -m sklearn_service.bento_extras)"

@@ -3,6 +3,7 @@ what the tests and the benchmark both start servers with."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -51,10 +52,25 @@ def write_config(folder: Path, change) -> Path:
     return path
 
 
+# Ports for servers: a port the kernel calls free stays free only until someone binds it, and a server
+# binds it seconds later. So each process of a test run (pytest-xdist worker gwN) hands out the ports of
+# a range of its own, in turn, below the kernel's ephemeral range: two servers of one run never race.
+PORT_RANGE = 1500
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+_first = 20000 + PORT_RANGE * (int(_worker) % 8 if _worker.isdigit() else 0)
+_ports = itertools.cycle(range(_first, _first + PORT_RANGE))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, the next of this process's range."""
+    for port in itertools.islice(_ports, PORT_RANGE):
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # every address: the gRPC server binds 0.0.0.0
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_first}-{_first + PORT_RANGE - 1}")
 
 
 class Server:
@@ -73,6 +89,15 @@ class Server:
             cwd=cwd, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> "Server":
+        """Once /readyz answers 200; a server that does not is stopped (`with` calls no __exit__ when
+        __enter__ raises, and its workers would go on restarting)."""
+        try:
+            return self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> "Server":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

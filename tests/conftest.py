@@ -5,6 +5,11 @@ Tiers, fastest first so that a broken build fails within the first minutes: in-p
 image). A test is marked `served` when it, or a fixture it uses, starts a server (calls Server(...)
 or a function of its module that does). `-m` picks tiers (`make test-fast`, `test-served`,
 `test-slow`); the summary gives each tier's time (min:s).
+
+`make test` runs the tests in worker processes (pytest-xdist, `--dist loadgroup`, in this order): the
+tests that share a module's server on one worker (it starts once), all others one at a time; each
+worker has its own store and session servers. Soak and slow run after the rest, in a run of their own,
+so that their load meets no other test's timing.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import inspect
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 # BentoML caches its home on first use: point it at a throwaway store before anything imports it.
@@ -34,11 +38,11 @@ from sklearn_service.model_store import save_result  # noqa: E402
 from sklearn_service.training import load_default_dataset, train  # noqa: E402
 
 TIERS = ("fast", "served", "soak", "slow")  # the order they run in; "fast" is unmarked: in process
-SECONDS = dict.fromkeys(TIERS, 0.0)  # wall time per tier, fixtures' setup and teardown included
+SPANS: dict[str, list[float]] = {}  # per tier: first start, last end (fixtures' setup and teardown included)
 
 
-def tier(item) -> str:
-    return next((name for name in reversed(TIERS[1:]) if item.get_closest_marker(name)), "fast")
+def tier(keywords) -> str:
+    return next((name for name in reversed(TIERS[1:]) if name in keywords), "fast")
 
 
 @functools.cache
@@ -54,26 +58,30 @@ def _starts_a_server(func) -> bool:
     return "Server(" in source or any("Server(" in inspect.getsource(f) for f in helpers)
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the marks added here
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects and xdist groups: they must see the marks added here
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
-        if any(_starts_a_server(f) for f in [item.function, *fixtures]):
+        fixtures = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_starts_a_server(f) for f in [item.function, *(d.func for d in fixtures)]):
             item.add_marker("served")
-    items.sort(key=lambda item: TIERS.index(tier(item)))  # stable: modules and their fixtures stay together
+        # with workers (-n): the tests of a module's server on one worker, so that it starts once
+        shared = sorted(d.argname for d in fixtures if d.scope == "module" and _starts_a_server(d.func))
+        if tier(item.keywords) == "soak":
+            item.add_marker(pytest.mark.xdist_group("soak"))  # one load at a time
+        elif shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{','.join(shared)}"))
+    items.sort(key=lambda item: TIERS.index(tier(item.keywords)))  # stable: modules stay together
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    start = time.monotonic()
-    try:
-        return (yield)
-    finally:
-        SECONDS[tier(item)] += time.monotonic() - start
+def pytest_runtest_logreport(report):
+    """Each tier's span, from the reports: with workers (-n) they reach the controlling process."""
+    span = SPANS.setdefault(tier(report.keywords), [report.start, report.stop])
+    span[0], span[1] = min(span[0], report.start), max(span[1], report.stop)
 
 
 def pytest_terminal_summary(terminalreporter):
-    ran = ", ".join(f"{name} {int(seconds // 60)}:{int(seconds % 60):02d}" for name, seconds in SECONDS.items() if seconds)
+    ran = ", ".join(f"{name} {int((end - start) // 60)}:{int((end - start) % 60):02d}"
+                    for name in TIERS if name in SPANS for start, end in [SPANS[name]])
     terminalreporter.write_line(f"time per tier: {ran}")
 
 
