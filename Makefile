@@ -13,7 +13,7 @@ MODEL_NAME ?= sklearn_model
 MLSERVER_VENV := bench/.venv-mlserver
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: serve test lint test-fast test-served test-slow install install-dev system-deps train build bench bench-models clean report-env \
+.PHONY: serve test lint test-fast test-served test-slow install install-dev system-deps base-image train build bench bench-models clean report-env \
 	drift-report grpc-code
 
 $(BIN)/activate:
@@ -43,6 +43,11 @@ report-env: $(REPORT_VENV)/.installed
 system-deps:  ## Debian packages the tests and the benchmark use
 	bash scripts/install-system-deps.sh
 
+# the image test's base image, made once before the tests (as root; the test skips otherwise), so that
+# its build never runs beside the soak
+base-image: system-deps
+	[ "$$(id -u)" -ne 0 ] || bash scripts/make-base-image.sh
+
 train: install  ## trains the default model unless the store already has one
 	$(BIN)/python train.py --name $(MODEL_NAME) --if-missing
 
@@ -56,7 +61,7 @@ serve: train  ## http://localhost:$(PORT)
 TEST_WORKERS ?= 3
 XDIST := --dist loadgroup --no-loadscope-reorder
 PYTEST := $(BIN)/python -m pytest $(XDIST)
-test: lint system-deps report-env
+test: lint system-deps base-image report-env
 	$(PYTEST) -n $(TEST_WORKERS) -m "not soak and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PYTEST) -n 2 -m "soak or slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
@@ -70,7 +75,7 @@ test-fast: install-dev system-deps report-env
 test-served: install-dev system-deps report-env
 	$(PYTEST) -n $(TEST_WORKERS) -m "served and not soak and not slow" $(PYTEST_ARGS)
 
-test-slow: install-dev system-deps report-env
+test-slow: install-dev system-deps base-image report-env
 	$(PYTEST) -n 2 -m "soak or slow" $(PYTEST_ARGS)
 
 build: train  ## the bento for MODELS (else MODEL_TAG), with the extras (XGBoost, ...) its models need
