@@ -3,6 +3,8 @@ what the tests and the benchmark both start servers with."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import os
 import signal
@@ -59,6 +61,18 @@ PORT_RANGE = 1500
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 _first = 20000 + PORT_RANGE * (int(_worker) % 8 if _worker.isdigit() else 0)
 _ports = itertools.cycle(range(_first, _first + PORT_RANGE))
+
+
+@contextlib.contextmanager
+def repo_bentofile():
+    """Held while writing the repo's bentofile.model.yaml (sklearn_service.bento_extras) and building from
+    it: one test at a time across the run's workers, or one would build from another's file."""
+    with open(ROOT / "bentofile.yaml") as anchor:
+        fcntl.flock(anchor, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(anchor, fcntl.LOCK_UN)
 
 
 def free_port() -> int:

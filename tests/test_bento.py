@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.serving import BENTOML, ROOT, Server, free_port
+from harness.serving import BENTOML, ROOT, Server, free_port, repo_bentofile
 from harness.serving import stop as stop_tree
 from sklearn_service.model_store import save_to_store
 
@@ -32,15 +32,16 @@ def models(trained) -> str:
 def build_bento(home, tmp_path, models: str, base_image: str | None = None) -> str:
     """The bento `make build` makes for these MODELS: it packs them and serves them wherever it runs."""
     env = {**os.environ, "BENTOML_HOME": str(home), "MODELS": models}
-    made = subprocess.run([sys.executable, "-m", "sklearn_service.bento_extras"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
-    bentofile = Path(made.stdout.strip())
-    if base_image:  # test-only build config: a base image made locally, since no registry can be pulled
-        bentofile, source = tmp_path / "bentofile.yaml", bentofile
-        bentofile.write_text(source.read_text().replace("\ndocker:\n", f"\ndocker:\n  base_image: {base_image}\n"))
-    result = subprocess.run([BENTOML, "build", "-f", str(bentofile), "--output", "tag"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
+    with repo_bentofile():
+        made = subprocess.run([sys.executable, "-m", "sklearn_service.bento_extras"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        bentofile = Path(made.stdout.strip())
+        if base_image:  # test-only build config: a base image made locally, since no registry can be pulled
+            bentofile, source = tmp_path / "bentofile.yaml", bentofile
+            bentofile.write_text(source.read_text().replace("\ndocker:\n", f"\ndocker:\n  base_image: {base_image}\n"))
+        result = subprocess.run([BENTOML, "build", "-f", str(bentofile), "--output", "tag"], cwd=ROOT,
+                                env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
