@@ -59,8 +59,7 @@ serve: train  ## http://localhost:$(PORT)
 # after the rest, so that their load meets no other test's timing. Exit 5 (nothing selected, e.g. by a
 # PYTEST_ARGS -m or -k) is no failure for one run of the two.
 TEST_WORKERS ?= 3
-XDIST := --dist loadgroup --no-loadscope-reorder
-PYTEST := $(BIN)/python -m pytest $(XDIST)
+PYTEST := $(BIN)/python -m pytest --dist loadgroup --no-loadscope-reorder
 test: lint system-deps base-image report-env
 	$(PYTEST) -n $(TEST_WORKERS) -m "not soak and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(PYTEST) -n 2 -m "soak or slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]

@@ -1,5 +1,6 @@
 """A real `bentoml serve` on a free loopback port, and ending a server's whole process tree:
-what the tests and the benchmark both start servers with."""
+what the tests and the benchmark both start servers with; and the lock test workers take to build
+from the repo's bentofile."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def write_config(folder: Path, change) -> Path:
 # Ports for servers: a port the kernel calls free stays free only until someone binds it, and a server
 # binds it seconds later. So each process of a test run (pytest-xdist worker gwN) hands out the ports of
 # a range of its own, in turn, below the kernel's ephemeral range: two servers of one run never race.
-PORT_RANGE = 1500
+PORT_RANGE = 1500  # eight ranges from 20000 end below 32768: up to eight workers
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
 _first = 20000 + PORT_RANGE * (int(_worker) % 8 if _worker.isdigit() else 0)
 _ports = itertools.cycle(range(_first, _first + PORT_RANGE))

@@ -6,10 +6,10 @@ image). A test is marked `served` when it, or a fixture it uses, starts a server
 or a function of its module that does). `-m` picks tiers (`make test-fast`, `test-served`,
 `test-slow`); the summary gives each tier's time (min:s).
 
-`make test` runs the tests in worker processes (pytest-xdist, `--dist loadgroup`, in this order): the
-tests that share a module's server on one worker (it starts once), all others one at a time; each
-worker has its own store and session servers. Soak and slow run after the rest, in a run of their own,
-so that their load meets no other test's timing.
+`make test` runs the tests in worker processes (pytest-xdist, `--dist loadgroup`, collection order
+kept): the tests that share a module's server on one worker (it starts once), all others one at a
+time; each worker has its own store and session servers. Soak and slow run after the rest, in a run of
+their own, so that their load meets no other test's timing.
 """
 
 from __future__ import annotations
