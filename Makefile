@@ -30,10 +30,12 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-kserve.txt $(VENV)/.in
 	$(BIN)/pip install --quiet --no-deps -r requirements-kserve.txt
 	touch $@
 
-# --no-compile: byte-compiling its ~1 GB takes as long as installing it; what the report imports compiles on use
+# --no-compile: byte-compiling its ~1 GB takes as long as installing it; a small report compiles what reports
+# import, once (with PYTHONDONTWRITEBYTECODE set, as it may be, each run would compile it again)
 $(REPORT_VENV)/.installed: requirements-report.txt
 	$(PYTHON) -m venv $(REPORT_VENV)
 	$(REPORT_VENV)/bin/pip install --quiet --no-compile -r requirements-report.txt
+	env -u PYTHONDONTWRITEBYTECODE $(REPORT_VENV)/bin/python sklearn_service/drift_html.py --warm-up
 	touch $@
 
 install: $(VENV)/.installed

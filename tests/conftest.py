@@ -64,12 +64,15 @@ def pytest_collection_modifyitems(config, items):
         fixtures = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
         if any(_starts_a_server(f) for f in [item.function, *(d.func for d in fixtures)]):
             item.add_marker("served")
-        # with workers (-n): the tests of a module's server on one worker, so that it starts once
-        shared = sorted(d.argname for d in fixtures if d.scope == "module" and _starts_a_server(d.func))
+        # with workers (-n): the tests of a server on one worker, so that it starts once (a module's
+        # server, or a session's but the default one, which most modules read: each worker starts that)
+        module = item.nodeid.split("::")[0]
+        shared = sorted(f"{module}::{d.argname}" if d.scope == "module" else d.argname for d in fixtures
+                        if d.scope in ("module", "session") and d.argname != "server" and _starts_a_server(d.func))
         if tier(item.keywords) == "soak":
             item.add_marker(pytest.mark.xdist_group("soak"))  # one load at a time
         elif shared:
-            item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{','.join(shared)}"))
+            item.add_marker(pytest.mark.xdist_group(",".join(shared)))
     items.sort(key=lambda item: TIERS.index(tier(item.keywords)))  # stable: modules stay together
 
 
