@@ -170,8 +170,9 @@ class ModelRunner:
         on its signature's example row: what went wrong, or ""."""
         try:
             if tag not in self.models:
+                folder = model_check.StoredFolder.read(bentoml.models.get(tag).path)
                 with served_models.gil_shared_finely():
-                    checked = await asyncio.to_thread(model_check.check, bentoml.models.get(tag))
+                    checked = await asyncio.to_thread(model_check.check, folder)
                 if "refused" in checked:
                     return checked["refused"]
                 STATE.keep_facts(tag, model_check.ModelFacts.from_json(checked))

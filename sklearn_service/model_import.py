@@ -205,11 +205,14 @@ def check_in_fresh_process(tag, timeout: float = FRESH_CHECK_SECONDS) -> None:
     import subprocess
     import sys
 
+    import bentoml
+
     from sklearn_service.model_check import ROOT
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    folder = bentoml.models.get(tag).path
     try:
-        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", str(tag)], cwd=ROOT, env=env,
+        done = subprocess.run([sys.executable, "-m", "sklearn_service.model_check", folder], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise DataError(f"the stored model did not load and predict in a new process within {timeout:g} s") from None

@@ -32,17 +32,16 @@ from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
 from sklearn_service.v2_grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from harness.mixed_data import FEATURES, write_penguins_csv
 from harness.prometheus_text import delta, scrape
-from harness.serving import ROOT, Server, free_port, write_config
+from harness.serving import ROOT, Server, write_config
 
 ROWS = 40
 ROW = [1.0] * 30
 
 
 def grpc_server(home, env: dict | None = None) -> Server:
-    """A server with its gRPC port free and its own (tests run beside other servers on the default one)."""
-    grpc_port = free_port()
-    server = Server(home, env={"GRPC_PORT": str(grpc_port), **(env or {})})
-    server.grpc = f"127.0.0.1:{grpc_port}"
+    """A server and its gRPC address (each server serves gRPC on a port of its own: harness/serving.py)."""
+    server = Server(home, env=env)
+    server.grpc = f"127.0.0.1:{server.grpc_port}"
     return server
 
 
@@ -72,9 +71,10 @@ def model(trained):
 
 
 @pytest.fixture(scope="module")
-def served(bentoml_home, trained):
-    with grpc_server(bentoml_home) as srv:
-        yield srv
+def served(server):
+    """The session's server: it serves gRPC on a port of its own (harness/serving.py)."""
+    server.grpc = f"127.0.0.1:{server.grpc_port}"
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -373,11 +373,28 @@ def test_serving_model_predict_all_is_predict_then_probabilities():
     np.testing.assert_array_equal(served[:, 1:], model.predict_proba(X))
 
 
+def test_the_check_reads_a_stored_model_as_bentoml_does(trained, cancer):
+    """The check reads the model's folder itself, without importing BentoML: the same tag, module,
+    metadata and model as BentoML's own reader and bentoml.sklearn.load_model; another framework's
+    model is refused by both."""
+    stored = bentoml.models.get(trained["tag"])
+    folder = model_check.StoredFolder.read(stored.path)
+    assert (folder.tag, folder.module, folder.metadata) == (str(stored.tag), stored.info.module, stored.info.metadata)
+    X = cancer["X"][:50]
+    np.testing.assert_array_equal(folder.load().predict_proba(X), bentoml.sklearn.load_model(stored).predict_proba(X))
+
+    other = bentoml.picklable_model.save_model("not_sklearn", LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]))
+    with pytest.raises(Exception, match="not loading with bentoml.sklearn"):
+        bentoml.sklearn.load_model(other)
+    assert model_check.check(model_check.StoredFolder.read(other.path))["refused"] == \
+        f"model {other.tag} cannot be loaded: ValueError: saved with bentoml.picklable_model, not bentoml.sklearn"
+
+
 def test_a_model_needing_a_library_not_installed_is_refused_with_the_command(capsys):
     from sklearn_service.model_check import REFUSED, main
 
     stored = bentoml.sklearn.save_model("needs_a_library", LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]),
                                         metadata={"requires": {"lib_not_here": "lib-not-here==1.0"}})
-    assert main([str(stored.tag)]) == REFUSED
+    assert main([stored.path]) == REFUSED
     err = capsys.readouterr().err
     assert f"model {stored.tag} cannot be loaded: the model needs lib-not-here==1.0, which is not installed" in err
