@@ -36,7 +36,7 @@ PROBE_AFTER = 0.5  # seconds after the signal: a request on a connection kept al
 
 @dataclass
 class Outcome:
-    kind: str          # "answered", "refused" (at connect), "reset" (a request sent, no answer), "timeout"
+    kind: str          # "answered", "refused" (at connect, nothing sent), "reset" (a request sent, no answer), "timeout"
     style: str = ""
     path: str = ""
     status: int = 0    # when answered
@@ -90,7 +90,8 @@ async def client(port: int, features, style: str, until: float, outcomes: list[O
                 writer.close()
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # nothing sent; a reset here is a handshake in the instant the socket shuts (README: not covered)
                 outcomes.append(Outcome("refused", style))
                 return
         outcome = await exchange(reader, writer, *requests[i % len(requests)])
