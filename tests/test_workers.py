@@ -39,7 +39,8 @@ def test_a_group_runs_on_one_worker(tmp_path):
                            "-v", "-p", "no:cacheprovider", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    ran = re.findall(r"\[(gw\d)\].* PASSED \S+::(test_\w+)", done.stdout)
+    ran = re.findall(r"\[(gw\d)\].* PASSED \S+::(test_\w+)\[\d+\](\S*)", done.stdout)
     assert len(ran) == 16, done.stdout[-3000:]
-    assert len({worker for worker, test in ran if test == "test_grouped"}) == 1, ran
-    assert len({worker for worker, test in ran if test == "test_alone"}) > 1, ran  # the rest is spread
+    grouped = [(worker, group) for worker, test, group in ran if test == "test_grouped"]
+    assert {group for _, group in grouped} == {"@one-server"}, ran  # xdist's own mark of a grouped test
+    assert len({worker for worker, _ in grouped}) == 1, ran
