@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 
-import bentoml
 import grpc
 import numpy as np
 import psutil
@@ -24,13 +23,11 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import train as train_cli
 from sklearn_service import grpc_inference, grpc_lifecycle
 from sklearn_service.errors import Overloaded, runner_failure
-from sklearn_service.csv_data import load_csv_dataset
 from sklearn_service.v2_grpc import open_inference_grpc_pb2 as pb
 from sklearn_service.v2_grpc import open_inference_grpc_pb2_grpc as pb_grpc
-from harness.mixed_data import FEATURES, write_penguins_csv
+from harness.mixed_data import FEATURES
 from harness.prometheus_text import delta, scrape
 from harness.serving import ROOT, Server, write_config
 
@@ -293,26 +290,28 @@ def test_grpc_requests_count_in_the_service_metrics(stub, served, model, cancer)
 
 # ---- API key ---------------------------------------------------------------------------------------
 
-def test_api_key_guards_grpc_but_not_its_health(bentoml_home, trained, model, cancer):
-    with grpc_server(bentoml_home, env={"API_KEY": "grpc-key"}) as keyed, grpc.insecure_channel(keyed.grpc) as channel:
+def test_api_key_guards_grpc_but_not_its_health(keyed_server, model, cancer):
+    keyed, key = keyed_server, keyed_server.api_key
+    keyed.grpc = f"127.0.0.1:{keyed.grpc_port}"
+    with grpc.insecure_channel(keyed.grpc) as channel:
         inference = pb_grpc.GRPCInferenceServiceStub(channel)
         assert inference.ServerLive(pb.ServerLiveRequest()).live
         assert inference.ServerReady(pb.ServerReadyRequest()).ready
         assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
             health_pb2.HealthCheckResponse.SERVING
         message = infer_request(model, [2, 30], cancer["X"][:2].ravel())
-        for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "grpc-key"),)):
+        for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", key),)):
             for call, request in ((inference.ModelInfer, message), (inference.ModelMetadata,
                                                                     pb.ModelMetadataRequest(name=model["name"]))):
                 with pytest.raises(grpc.RpcError) as refused:
                     call(request, metadata=metadata)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
                 assert "missing or wrong API key" in refused.value.details()
-        answer = inference.ModelInfer(message, metadata=(("authorization", "bearer grpc-key"),))
+        answer = inference.ModelInfer(message, metadata=(("authorization", f"bearer {key}"),))
         expected = model["pipeline"].predict(cancer["X"][:2]).tolist()
         assert np.frombuffer(answer.raw_output_contents[0]).tolist() == expected
         triton = run_client(keyed, "triton", model=model["name"], inputs=[tensor(cancer["X"][:2])],
-                            headers={"authorization": "Bearer grpc-key"})
+                            headers={"authorization": f"Bearer {key}"})
         assert triton["outputs"]["predict"]["data"] == expected
 
 
@@ -323,15 +322,11 @@ DATATYPES = {"island": "BYTES", "bill_length_mm": "FP64", "flipper_length_mm": "
 
 
 @pytest.fixture(scope="module")
-def penguins(bentoml_home, tmp_path_factory):
-    path = tmp_path_factory.mktemp("penguins_grpc") / "penguins.csv"
-    write_penguins_csv(path)
-    assert train_cli.main(["--data", str(path), "--target", "species", "--name", "penguins_grpc"]) == 0
-    stored = bentoml.models.get("penguins_grpc:latest")
-    with grpc_server(bentoml_home, env={"MODEL_TAG": str(stored.tag)}) as srv:
-        srv.name = stored.tag.name
-        srv.rows = load_csv_dataset(path, "species").X.dropna().iloc[:ROWS]  # the clients' tensors have no gaps
-        yield srv
+def penguins(penguins_server):
+    """The session's model trained on a penguins-like CSV (tests/conftest.py), and its gRPC address."""
+    penguins_server.grpc = f"127.0.0.1:{penguins_server.grpc_port}"
+    penguins_server.rows = penguins_server.model_frame.dropna().iloc[:ROWS]  # the clients' tensors have no gaps
+    return penguins_server
 
 
 @pytest.mark.parametrize("client, typed", [("triton", False), ("kserve", True)])
