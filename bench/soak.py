@@ -3,7 +3,6 @@ API-to-runner calls and memory growth of the whole process tree.
 
     python bench/soak.py                                   # 150 s at 64 connections
     python bench/soak.py --seconds 10 --connections 16     # a quick look
-    python bench/soak.py --url URL --pid PID --log FILE    # a server already running (tests/test_reliability.py)
 
 BentoML's dependency client renews its session every `runner_connection.max_requests` calls
 (100 by default), and a renewal aborts the calls in flight (upstream issue #5540);
@@ -51,38 +50,25 @@ def runner_calls(url: str) -> float:
     return total(scrape(url), "ml_runner_call_rows_count")
 
 
-def soak(url: str, pid: int, log_path: Path, bodies: Path, args) -> tuple[dict, float, float, float, str]:
-    """wrk's summary, the tree's memory before and after (MB), the runner calls made, and the log."""
-    wrk_mixed(url, bodies, args.connections, 5)  # warm-up: caches, pools, allocator
-    start_mb, calls_before = tree_rss_mb(memory(pid)), runner_calls(url)
-    result = wrk_mixed(url, bodies, args.connections, args.seconds)
-    end_mb, calls = tree_rss_mb(memory(pid)), runner_calls(url) - calls_before
-    return result, start_mb, end_mb, calls, log_path.read_text(errors="replace")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=150)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--max-growth", type=float, default=0.10)
-    parser.add_argument("--url", help="a server already serving the default model (else one is started here)")
-    parser.add_argument("--pid", type=int, help="with --url: its `bentoml serve` process, whose tree's memory is measured")
-    parser.add_argument("--log", type=Path, help="with --url: its log, read for disconnects")
     args = parser.parse_args()
-    if args.url and not (args.pid and args.log):
-        parser.error("--url needs --pid and --log")
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         home = Path(tmp)
+        os.environ["BENTOML_HOME"] = str(home)
+        prepare_model(home)
         single = write_bodies(home)["single"]
         rows = json.loads(single.read_text())["features"]
         (home / "small_batch.json").write_text(json.dumps({"instances": [rows] * 20}))
-        if args.url:
-            result, start_mb, end_mb, calls, log = soak(args.url, args.pid, args.log, home, args)
-        else:
-            os.environ["BENTOML_HOME"] = str(home)
-            prepare_model(home)
-            with Server(home) as server:
-                result, start_mb, end_mb, calls, log = soak(server.url, server.process.pid, server.log_path, home, args)
+        with Server(home) as server:
+            wrk_mixed(server.url, home, args.connections, 5)  # warm-up: caches, pools, allocator
+            start_mb, calls_before = tree_rss_mb(memory(server.process.pid)), runner_calls(server.url)
+            result = wrk_mixed(server.url, home, args.connections, args.seconds)
+            end_mb, calls = tree_rss_mb(memory(server.process.pid)), runner_calls(server.url) - calls_before
+            log = server.log_path.read_text(errors="replace")
     growth = end_mb / start_mb - 1
     failures = result["non_2xx"] + result["timeouts"] + result["socket_errors"]
     print(f"soak: {args.seconds} s at {args.connections} connections: {result['requests']} requests, "

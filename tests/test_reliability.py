@@ -152,13 +152,11 @@ def test_health_and_metrics_stay_open_with_a_key(keyed_server):
 
 
 @pytest.mark.soak
-def test_soak_at_64_connections_has_no_errors_and_no_memory_growth(server):
+def test_soak_at_64_connections_has_no_errors_and_no_memory_growth():
     """150 s of mixed endpoints at 64 connections: no error, no disconnect, through as many runner
     calls as would have made BentoML's default (a session renewal every 100 calls) renew its session
-    many times over (see test_patches.py for what a renewal does to calls in flight). On the session's
-    server, after the four-times-capacity test where both run."""
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "150", "--connections", "64",
-                             "--url", server.url, "--pid", str(server.process.pid), "--log", str(server.log_path)],
+    many times over (see test_patches.py for what a renewal does to calls in flight)."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "150", "--connections", "64"],
                             capture_output=True, text=True, timeout=400, cwd=ROOT)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
