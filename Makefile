@@ -35,12 +35,15 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-kserve.txt $(VENV)/.in
 $(REPORT_VENV)/.installed: requirements-report.txt
 	$(PYTHON) -m venv $(REPORT_VENV)
 	$(REPORT_VENV)/bin/pip install --quiet --no-compile -r requirements-report.txt
+	touch $@
+
+$(REPORT_VENV)/.compiled: $(REPORT_VENV)/.installed sklearn_service/drift_html.py
 	env -u PYTHONDONTWRITEBYTECODE $(REPORT_VENV)/bin/python sklearn_service/drift_html.py --warm-up
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
-report-env: $(REPORT_VENV)/.installed
+report-env: $(REPORT_VENV)/.compiled
 
 system-deps:  ## Debian packages the tests and the benchmark use
 	bash scripts/install-system-deps.sh
@@ -56,7 +59,7 @@ train: install  ## trains the default model unless the store already has one
 serve: train  ## http://localhost:$(PORT)
 	$(BIN)/bentoml serve service:SklearnService --port $(PORT)
 
-# The suite in worker processes (pytest-xdist; tests/conftest.py keeps a module's server on one worker):
+# The suite in worker processes (pytest-xdist; tests/conftest.py keeps the tests of a server on one worker):
 # in-process tests first, then the served ones; then the soak and the image build, beside each other but
 # after the rest, so that their load meets no other test's timing. Exit 5 (nothing selected, e.g. by a
 # PYTEST_ARGS -m or -k) is no failure for one run of the two.

@@ -98,6 +98,7 @@ class Server:
         # each server its own gRPC port: servers of one user on one port would share it (SO_REUSEPORT)
         full_env.setdefault("GRPC_PORT", str(free_port()))
         self.grpc_port = int(full_env["GRPC_PORT"] or 0)
+        self.grpc = f"127.0.0.1:{self.grpc_port}"  # its gRPC address
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [*prefix, BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(self.port)],

@@ -93,4 +93,7 @@ def warm_up() -> None:
 
 
 if __name__ == "__main__":
-    warm_up() if sys.argv[1] == "--warm-up" else main(sys.argv[1])
+    if sys.argv[1] == "--warm-up":
+        warm_up()
+    else:
+        main(sys.argv[1])

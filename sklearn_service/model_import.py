@@ -193,7 +193,7 @@ def _one_value_per_row(predicted) -> None:
                         "one value per row: import one model per target")
 
 
-FRESH_CHECK_SECONDS = 180  # importing BentoML and scikit-learn takes a few seconds on a busy machine
+FRESH_CHECK_SECONDS = 180  # importing scikit-learn takes a few seconds on a busy machine
 
 
 def check_in_fresh_process(tag, timeout: float = FRESH_CHECK_SECONDS) -> None:

@@ -7,8 +7,9 @@ or a function of its module that does). `-m` picks tiers (`make test-fast`, `tes
 `test-slow`); the summary gives each tier's time (min:s).
 
 `make test` runs the tests in worker processes (pytest-xdist, `--dist loadgroup`, collection order
-kept): the tests that share a module's server on one worker (it starts once), all others one at a
-time; each worker has its own store and session servers. Soak and slow run after the rest, in a run of
+kept): the tests that share a server on one worker (it starts once): a module's server, or a session
+server but the default one, which most modules read and each worker starts; all others one at a time.
+Each worker has its own store and session servers. Soak and slow run after the rest, in a run of
 their own, so that their load meets no other test's timing.
 """
 

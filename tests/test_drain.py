@@ -1,5 +1,6 @@
 """SIGTERM under load, through a real `bentoml serve`: every request whose bytes reached the server
-before the signal is answered, and afterwards connections are refused at connect, never reset.
+before the signal is answered, and afterwards connections are refused at connect, never reset (but
+for a handshake in the instant the socket shuts, which README names as not covered: at most a few).
 
 The clients speak HTTP/1.1 over raw asyncio streams, so that each outcome is seen as it happens on
 the wire: an answer, a refusal at connect, or a connection reset (or closed) with a request on it.
@@ -32,11 +33,13 @@ CLIENTS = 32  # of each style: keep-alive, and a connection per request, at the 
 STYLES = {"keep-alive": True, "connection per request": False}
 BATCH_ROWS = 200  # every fourth request: a batch, so that some requests are in progress at the signal
 PROBE_AFTER = 0.5  # seconds after the signal: a request on a connection kept alive from before it
+RACED_HANDSHAKES = 2  # of a style's clients, at most: reset in the handshake as the socket shuts (README)
 
 
 @dataclass
 class Outcome:
-    kind: str          # "answered", "refused" (at connect, nothing sent), "reset" (a request sent, no answer), "timeout"
+    kind: str          # "answered", "refused" (at connect), "reset at connect" (nothing sent),
+                       # "reset" (a request sent, no answer), "timeout"
     style: str = ""
     path: str = ""
     status: int = 0    # when answered
@@ -90,9 +93,11 @@ async def client(port: int, features, style: str, until: float, outcomes: list[O
                 writer.close()
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except (ConnectionRefusedError, ConnectionResetError):
-                # nothing sent; a reset here is a handshake in the instant the socket shuts (README: not covered)
+            except ConnectionRefusedError:
                 outcomes.append(Outcome("refused", style))
+                return
+            except ConnectionResetError:  # a handshake in the instant the socket shuts (README: not covered)
+                outcomes.append(Outcome("reset at connect", style))
                 return
         outcome = await exchange(reader, writer, *requests[i % len(requests)])
         outcome.style = style
@@ -191,7 +196,9 @@ def unpatched(folder: Path) -> dict:
 def test_sigterm_answers_every_request_sent_then_refuses(bentoml_home, trained, features):
     result = sigterm_under_load(bentoml_home, features)
     for counts in result["counts"].values():  # no reset, timeout or error status; every client ends refused
-        assert set(counts) == {"2xx", "refused"} and counts["refused"] == CLIENTS, (summary(result), result["log"])
+        assert set(counts) <= {"2xx", "refused", "reset at connect"} and counts["2xx"] > 0, summary(result)
+        assert counts["refused"] + counts["reset at connect"] == CLIENTS, (summary(result), result["log"])
+        assert counts["reset at connect"] <= RACED_HANDSHAKES, (summary(result), result["log"])
     assert result["after_signal"] > 0, summary(result)  # requests in progress at the signal were answered
     expected = trained["pipeline"].predict(features).astype(float).tolist()
     for o in result["outcomes"]:

@@ -35,13 +35,6 @@ ROWS = 40
 ROW = [1.0] * 30
 
 
-def grpc_server(home, env: dict | None = None) -> Server:
-    """A server and its gRPC address (each server serves gRPC on a port of its own: harness/serving.py)."""
-    server = Server(home, env=env)
-    server.grpc = f"127.0.0.1:{server.grpc_port}"
-    return server
-
-
 def run_client(server, client: str, **call) -> dict:
     """One call of a third-party client (harness/grpc_clients.py) in a child process."""
     done = subprocess.run([sys.executable, "-m", "harness.grpc_clients"], cwd=ROOT, capture_output=True, timeout=120,
@@ -69,8 +62,7 @@ def model(trained):
 
 @pytest.fixture(scope="module")
 def served(server):
-    """The session's server: it serves gRPC on a port of its own (harness/serving.py)."""
-    server.grpc = f"127.0.0.1:{server.grpc_port}"
+    """The session's server: each server serves gRPC on a port of its own (harness/serving.py)."""
     return server
 
 
@@ -292,7 +284,6 @@ def test_grpc_requests_count_in_the_service_metrics(stub, served, model, cancer)
 
 def test_api_key_guards_grpc_but_not_its_health(keyed_server, model, cancer):
     keyed, key = keyed_server, keyed_server.api_key
-    keyed.grpc = f"127.0.0.1:{keyed.grpc_port}"
     with grpc.insecure_channel(keyed.grpc) as channel:
         inference = pb_grpc.GRPCInferenceServiceStub(channel)
         assert inference.ServerLive(pb.ServerLiveRequest()).live
@@ -323,8 +314,7 @@ DATATYPES = {"island": "BYTES", "bill_length_mm": "FP64", "flipper_length_mm": "
 
 @pytest.fixture(scope="module")
 def penguins(penguins_server):
-    """The session's model trained on a penguins-like CSV (tests/conftest.py), and its gRPC address."""
-    penguins_server.grpc = f"127.0.0.1:{penguins_server.grpc_port}"
+    """The session's model trained on a penguins-like CSV (tests/conftest.py), and rows for the clients."""
     penguins_server.rows = penguins_server.model_frame.dropna().iloc[:ROWS]  # the clients' tensors have no gaps
     return penguins_server
 
@@ -360,7 +350,7 @@ def test_two_workers_share_the_port_and_both_serve(tmp_path, bentoml_home, train
     config = write_config(tmp_path, change)
     X = cancer["X"][:10]
     expected = model["pipeline"].predict(X).tolist()
-    with grpc_server(bentoml_home, env={"SERVICE_CONFIG": str(config)}) as srv:
+    with Server(bentoml_home, env={"SERVICE_CONFIG": str(config)}) as srv:
         port = int(srv.grpc.rpartition(":")[2])
         assert len(listening_pids(port)) == 2  # one socket per worker (SO_REUSEPORT)
         for _ in range(40):  # a channel per call: each connection lands on either worker
@@ -376,7 +366,7 @@ def test_two_workers_share_the_port_and_both_serve(tmp_path, bentoml_home, train
 
 def test_sigterm_drains_calls_in_progress(bentoml_home, trained, model, cancer):
     """Calls in progress at the signal are answered; later ones are refused (UNAVAILABLE), never cut off."""
-    srv = grpc_server(bentoml_home).wait_ready()
+    srv = Server(bentoml_home).wait_ready()
     message = infer_request(model, [1000, 30], np.resize(cancer["X"], (1000, 30)).ravel())
     calls: list[tuple[float, float, str]] = []  # (sent, done, outcome)
     stop = threading.Event()

@@ -1,6 +1,6 @@
 """The suite's worker processes (pytest-xdist, as `make test` runs them): tests/conftest.py puts the tests
-of one module's server in one xdist group, and a group must run on one worker, or every worker starts
-that server again (pytest 9.2 ignores the node id xdist 3.8 writes a group into)."""
+of one server in one xdist group, and a group must run on one worker, or every worker starts that
+server again (pytest 9.2 ignores the node id xdist 3.8 writes a group into)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,4 @@ def test_a_group_runs_on_one_worker(tmp_path):
     grouped = [(worker, group) for worker, test, group in ran if test == "test_grouped"]
     assert {group for _, group in grouped} == {"@one-server"}, ran  # xdist's own mark of a grouped test
     assert len({worker for worker, _ in grouped}) == 1, ran
+    assert all(group == "" for _, test, group in ran if test == "test_alone"), ran
