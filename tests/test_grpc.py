@@ -61,14 +61,8 @@ def model(trained):
 
 
 @pytest.fixture(scope="module")
-def served(server):
-    """The session's server: each server serves gRPC on a port of its own (harness/serving.py)."""
-    return server
-
-
-@pytest.fixture(scope="module")
-def stub(served):
-    with grpc.insecure_channel(served.grpc) as channel:
+def stub(server):
+    with grpc.insecure_channel(server.grpc) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
 
@@ -85,42 +79,42 @@ def infer_request(model, shape, values, datatype="FP64", raw=True, **fields) -> 
 # ---- real clients --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("datatype", ["FP64", "FP32"])
-def test_tritonclient_raw_inference_equals_predict_batch(served, model, cancer, datatype):
+def test_tritonclient_raw_inference_equals_predict_batch(server, model, cancer, datatype):
     X = cancer["X"][:ROWS].astype(np.float32 if datatype == "FP32" else np.float64)
-    answer = run_client(served, "triton", model=model["name"], inputs=[tensor(X, datatype)], id="req-7")
+    answer = run_client(server, "triton", model=model["name"], inputs=[tensor(X, datatype)], id="req-7")
     assert answer["raw"] and answer["id"] == "req-7" and answer["model_version"] == model["version"]
-    assert answer["outputs"]["predict"]["data"] == predict_batch(served, X.astype(np.float64).tolist())
+    assert answer["outputs"]["predict"]["data"] == predict_batch(server, X.astype(np.float64).tolist())
     proba = answer["outputs"]["predict_proba"]
     assert proba["shape"] == [ROWS, 2] and proba["datatype"] == "FP64"
     assert proba["data"] == pytest.approx(model["pipeline"].predict_proba(X.astype(np.float64)).ravel())
 
 
-def test_tritonclient_picks_outputs_and_versions(served, model, cancer):
+def test_tritonclient_picks_outputs_and_versions(server, model, cancer):
     X = cancer["X"][:3]
-    answer = run_client(served, "triton", model=model["name"], version=model["version"], inputs=[tensor(X)],
+    answer = run_client(server, "triton", model=model["name"], version=model["version"], inputs=[tensor(X)],
                         outputs=["predict"])
     assert list(answer["outputs"]) == ["predict"]
-    assert answer["outputs"]["predict"]["data"] == predict_batch(served, X.tolist())
-    wrong = run_client(served, "triton", model=model["name"], version="v0", inputs=[tensor(X)])
+    assert answer["outputs"]["predict"]["data"] == predict_batch(server, X.tolist())
+    wrong = run_client(server, "triton", model=model["name"], version="v0", inputs=[tensor(X)])
     assert wrong["error"] == {"code": "NOT_FOUND", "message": f"no model '{model['name']}' version 'v0' is served "
                                                               f"({model['name']} is served as {model['name']}:"
                                                               f"{model['version']}); served models: {model['name']}"}
 
 
 @pytest.mark.parametrize("typed", [False, True])
-def test_kserve_client_raw_and_typed_equals_predict_batch(served, model, cancer, typed):
+def test_kserve_client_raw_and_typed_equals_predict_batch(server, model, cancer, typed):
     X = cancer["X"][ROWS:2 * ROWS]
-    answer = run_client(served, "kserve", model=model["name"], inputs=[tensor(X)], typed=typed, id="k-1")
+    answer = run_client(server, "kserve", model=model["name"], inputs=[tensor(X)], typed=typed, id="k-1")
     assert answer["id"] == "k-1"
-    assert answer["outputs"]["predict"]["data"] == predict_batch(served, X.tolist())
+    assert answer["outputs"]["predict"]["data"] == predict_batch(server, X.tolist())
     assert answer["outputs"]["predict_proba"]["data"] == pytest.approx(model["pipeline"].predict_proba(X).ravel())
 
 
-def test_client_health_and_metadata(served, model):
+def test_client_health_and_metadata(server, model):
     for client in ("triton", "kserve"):
-        answer = run_client(served, client, model=model["name"], health=True)
+        answer = run_client(server, client, model=model["name"], health=True)
         assert answer["live"] and answer["ready"] and answer["model_ready"], (client, answer)
-    meta = run_client(served, "triton", model=model["name"], health=True)["metadata"]
+    meta = run_client(server, "triton", model=model["name"], health=True)["metadata"]
     assert meta["versions"] == [model["version"]] and meta["platform"] == "scikit-learn"
     assert meta["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": ["-1", "30"]}]
     assert [o["name"] for o in meta["outputs"]] == ["predict", "predict_proba", "explanation"]
@@ -145,19 +139,19 @@ def test_explanation_is_answered_when_named(stub, model, trained, cancer):
     np.testing.assert_allclose(served, expected, atol=1e-9)
 
 
-def test_typed_answers_for_typed_requests(stub, served, model, cancer):
+def test_typed_answers_for_typed_requests(stub, server, model, cancer):
     X = cancer["X"][:5]
     answer = stub.ModelInfer(infer_request(model, [5, 30], X.ravel().tolist(), raw=False, id="t"))
     assert not answer.raw_output_contents and answer.id == "t"
-    assert list(answer.outputs[0].contents.fp64_contents) == predict_batch(served, X.tolist())
+    assert list(answer.outputs[0].contents.fp64_contents) == predict_batch(server, X.tolist())
 
 
-def test_concurrent_calls_each_get_their_own_rows_answers(served, model, cancer):
+def test_concurrent_calls_each_get_their_own_rows_answers(server, model, cancer):
     """64 calls at once, coalesced into shared runner calls: each answer is its own rows'."""
     picks = [cancer["X"][i:i + 1 + i % 3] for i in range(64)]
 
     async def calls():
-        async with grpc.aio.insecure_channel(served.grpc) as channel:
+        async with grpc.aio.insecure_channel(server.grpc) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             return await asyncio.gather(*(stub.ModelInfer(infer_request(model, list(rows.shape), rows.ravel()))
                                           for rows in picks))
@@ -170,8 +164,8 @@ def test_concurrent_calls_each_get_their_own_rows_answers(served, model, cancer)
 
 # ---- health and reflection -------------------------------------------------------------------------
 
-def test_health_service_answers_for_the_server_and_the_protocol(served):
-    with grpc.insecure_channel(served.grpc) as channel:
+def test_health_service_answers_for_the_server_and_the_protocol(server):
+    with grpc.insecure_channel(server.grpc) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ("", "inference.GRPCInferenceService", "liveness"):
             assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
@@ -181,8 +175,8 @@ def test_health_service_answers_for_the_server_and_the_protocol(served):
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_lists_and_describes_the_services(served):
-    with grpc.insecure_channel(served.grpc) as channel:
+def test_reflection_lists_and_describes_the_services(server):
+    with grpc.insecure_channel(server.grpc) as channel:
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         asks = [reflection_pb2.ServerReflectionRequest(list_services=""),
                 reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
@@ -221,7 +215,7 @@ def bad_request_cases(model):
     ]
 
 
-def test_bad_requests_get_the_rest_message_and_the_matching_code(stub, served, model):
+def test_bad_requests_get_the_rest_message_and_the_matching_code(stub, server, model):
     for message, path, body in bad_request_cases(model):
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(message)
@@ -229,7 +223,7 @@ def test_bad_requests_get_the_rest_message_and_the_matching_code(stub, served, m
         if path is None:  # no JSON spelling: infinity is not JSON
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a finite number" in error.details()
             continue
-        rest = requests.post(served.url + path, json=body, timeout=30)
+        rest = requests.post(server.url + path, json=body, timeout=30)
         assert (error.code(), error.details()) == (grpc_inference.STATUS_CODES[rest.status_code], rest.json()["error"])
         assert dict(error.trailing_metadata())["reason"]
 
@@ -269,12 +263,12 @@ def test_unknown_models_in_metadata_and_ready_are_not_found(stub, model):
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "is served" in refused.value.details()
 
 
-def test_grpc_requests_count_in_the_service_metrics(stub, served, model, cancer):
-    before = scrape(served.url)
+def test_grpc_requests_count_in_the_service_metrics(stub, server, model, cancer):
+    before = scrape(server.url)
     stub.ModelInfer(infer_request(model, [3, 30], cancer["X"][:3].ravel()))
     with pytest.raises(grpc.RpcError):
         stub.ModelInfer(infer_request(model, [2, 29], [1.0] * 58))
-    after = scrape(served.url)
+    after = scrape(server.url)
     assert delta(before, after, "ml_predictions_total", endpoint="grpc:ModelInfer", outcome="success") == 3
     assert delta(before, after, "ml_predictions_total", endpoint="grpc:ModelInfer", outcome="rejected") == 2
     assert delta(before, after, "ml_rejected_requests_total", endpoint="grpc:ModelInfer", reason="wrong_shape") == 1
@@ -312,16 +306,11 @@ DATATYPES = {"island": "BYTES", "bill_length_mm": "FP64", "flipper_length_mm": "
              "tagged": "BOOL"}
 
 
-@pytest.fixture(scope="module")
-def penguins(penguins_server):
-    """The session's model trained on a penguins-like CSV (tests/conftest.py), and rows for the clients."""
-    penguins_server.rows = penguins_server.model_frame.dropna().iloc[:ROWS]  # the clients' tensors have no gaps
-    return penguins_server
-
-
 @pytest.mark.parametrize("client, typed", [("triton", False), ("kserve", True)])
-def test_mixed_model_by_feature_with_bytes_inputs(penguins, client, typed):
-    rows = penguins.rows
+def test_mixed_model_by_feature_with_bytes_inputs(penguins_server, client, typed):
+    """The session's model trained on a penguins-like CSV (tests/conftest.py)."""
+    penguins = penguins_server
+    rows = penguins.model_frame.dropna().iloc[:ROWS]  # the clients' tensors have no gaps
     inputs = [{"name": name, "datatype": DATATYPES[name], "shape": [len(rows)],
                "values": [v.item() if isinstance(v, np.generic) else v for v in rows[name].tolist()]}
               for name in FEATURES]
@@ -351,7 +340,7 @@ def test_two_workers_share_the_port_and_both_serve(tmp_path, bentoml_home, train
     X = cancer["X"][:10]
     expected = model["pipeline"].predict(X).tolist()
     with Server(bentoml_home, env={"SERVICE_CONFIG": str(config)}) as srv:
-        port = int(srv.grpc.rpartition(":")[2])
+        port = srv.grpc_port
         assert len(listening_pids(port)) == 2  # one socket per worker (SO_REUSEPORT)
         for _ in range(40):  # a channel per call: each connection lands on either worker
             with grpc.insecure_channel(srv.grpc) as channel:
